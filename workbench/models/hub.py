@@ -1,0 +1,70 @@
+"""TransformerLens official models, loaded from the Hugging Face hub when it is reachable."""
+
+import os
+import socket
+import threading
+from functools import cache
+
+import torch
+
+from workbench.errors import OfflineError
+
+HUB_HOST = ("huggingface.co", 443)
+
+
+@cache
+def official_names() -> list[str]:
+    """TransformerLens official model names and their short aliases."""
+    from transformer_lens import loading_from_pretrained as loading
+
+    names = list(loading.OFFICIAL_MODEL_NAMES)
+    for aliases in loading.MODEL_ALIASES.values():
+        names += [a for a in aliases if a not in names]
+    return names
+
+
+def hub_reachable(timeout: float = 2.0) -> bool:
+    """True when the hub answers a TCP connect within ``timeout`` seconds (DNS included)."""
+    if os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "TRUE", "yes"):
+        return False
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection(HUB_HOST, timeout=timeout):
+                result.append(True)
+        except OSError:
+            result.append(False)
+
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout + 0.5)  # DNS lookups ignore the socket timeout; never wait past this
+    return bool(result and result[0])
+
+
+def _cached_locally(name: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        from transformer_lens import loading_from_pretrained as loading
+
+        official = loading.get_official_model_name(name)
+        hit = try_to_load_from_cache(official, "config.json")
+        return isinstance(hit, str)
+    except Exception:
+        return False
+
+
+def load_from_hub(name: str, device: str, dtype: torch.dtype, offline_models: list[str]):
+    if not _cached_locally(name) and not hub_reachable():
+        raise OfflineError(
+            f"model {name!r} must be downloaded from the Hugging Face hub, and no hub is reachable "
+            f"from this machine. Offline models: {', '.join(offline_models)} "
+            "(e.g. `--model tiny-gloss-lm`), or run where the hub is reachable once to cache it."
+        )
+    from transformer_lens import HookedTransformer
+
+    if _cached_locally(name):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    model = HookedTransformer.from_pretrained(name, device=device, dtype=dtype)
+    model.eval()
+    return model
