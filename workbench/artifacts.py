@@ -1,0 +1,93 @@
+"""Artifacts: tensors in safetensors, metadata as JSON beside them. Never pickle.
+
+``save(dir / "lens.safetensors", tensors, meta)`` writes the tensors (with the metadata also in the
+safetensors header) and ``lens.json`` beside them; writes go to a temporary file first and are
+renamed into place, so an interrupted run never leaves a half-written artifact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, safe_open, save_file
+
+from workbench.errors import WorkbenchError
+
+
+def weights_hash(model) -> str:
+    """sha256 over the model's parameters (names, shapes, bytes), first 16 hex digits."""
+    h = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(p.shape)).encode())
+        h.update(p.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def model_metadata(model) -> dict:
+    tok = model.tokenizer
+    return {
+        "model": model.cfg.model_name,
+        "weights_sha256_16": weights_hash(model),
+        "tokenizer": getattr(tok, "name_or_path", type(tok).__name__),
+        "tokenizer_vocab": len(tok) if tok is not None else None,
+        "n_layers": model.cfg.n_layers,
+        "d_model": model.cfg.d_model,
+        "d_vocab": model.cfg.d_vocab,
+    }
+
+
+def run_metadata(model, windows=None, **settings) -> dict:
+    """Everything needed to tell two artifacts apart: model, data, settings, versions."""
+    from workbench import __version__
+
+    meta = {"workbench_version": __version__, "torch_version": torch.__version__,
+            "python": platform.python_version(), **model_metadata(model)}
+    if windows is not None:
+        meta["data"] = windows.metadata()
+    meta["settings"] = settings
+    return meta
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def save(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict | None = None) -> Path:
+    """Write ``tensors`` to ``path`` (.safetensors) and ``meta`` to the .json beside it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = meta or {}
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    save_file(clean, str(tmp), metadata={"workbench": json.dumps(meta, default=str)})
+    tmp.replace(path)
+    atomic_write_bytes(path.with_suffix(".json"), json.dumps(meta, indent=2, default=str).encode())
+    return path
+
+
+def load(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """The tensors and metadata of an artifact written by ``save``."""
+    path = Path(path)
+    if path.is_dir():
+        raise WorkbenchError(f"{path} is a folder; give the .safetensors file inside it")
+    if not path.exists():
+        raise WorkbenchError(f"artifact not found: {path}")
+    tensors = load_file(str(path))
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads((f.metadata() or {}).get("workbench", "{}"))
+    return tensors, meta
+
+
+def write_json(path: str | Path, obj) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, json.dumps(obj, indent=2, default=str).encode())
+    return path

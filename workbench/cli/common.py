@@ -1,0 +1,50 @@
+"""Flags shared by the analysis commands, and turning them into (model, windows)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from workbench.models import DEFAULT_MODEL
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"model name (default {DEFAULT_MODEL})")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1")
+    p.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16")
+
+
+def add_input_args(p: argparse.ArgumentParser, window: int | None = None) -> None:
+    """--model/--device/--dtype, one input source, windowing, --out, --batch-size."""
+    add_model_args(p)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text", help="the text to analyse")
+    src.add_argument("--file", type=Path, help="a UTF-8 text file, or .jsonl (see --field)")
+    src.add_argument("--dataset", help="wordnet-glosses (offline) or an HF datasets name")
+    p.add_argument("--field", default="text", help="JSONL / dataset field (default text)")
+    p.add_argument("--limit", type=int, default=None, help="at most this many dataset documents")
+    p.add_argument("--window", type=int, default=window, help="tokens per window (default: context)")
+    p.add_argument("--stride", type=int, default=None, help="tokens between windows (default window)")
+    p.add_argument("--no-bos", dest="bos", action="store_false", default=None,
+                   help="do not prepend BOS ([CLS]) to each window")
+    p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
+    p.add_argument("--out", type=Path, default=Path("out"), help="output folder (default out/)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def load_inputs(args):
+    """The model and windows named by ``add_input_args`` flags."""
+    from workbench.data import load_windows
+    from workbench.models import load_model
+
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    windows = load_windows(
+        model, text=args.text, file=args.file, dataset=args.dataset, field=args.field,
+        window=args.window, stride=args.stride, bos=args.bos, limit=args.limit,
+    )
+    if args.text is not None and args.text.endswith(" ") and not args.text.endswith("  "):
+        import warnings
+
+        warnings.warn("the text ends with a space, which tokenizes to a lone space piece the "
+                      "model rarely saw in training; drop the trailing space", stacklevel=2)
+    return model, windows

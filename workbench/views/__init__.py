@@ -1,0 +1,1 @@
+"""Views: plotly figure builders and self-contained HTML. Views never compute statistics."""

@@ -1,0 +1,119 @@
+"""Self-contained HTML pages: plotly.js inlined once, no CDN, no requirejs, no network.
+
+>>> page = Page("Lens", header={"model": "tiny-gloss-lm"})          # doctest: +SKIP
+>>> page.add(Section("Rankings", [fig, "<p>note</p>"]))              # doctest: +SKIP
+>>> page.write("out/lens.html")                                      # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+import plotly.graph_objects as go
+
+from workbench.artifacts import atomic_write_bytes
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1b1f24;background:#fafafa}
+header{background:#14213d;color:#fff;padding:16px 28px}
+header h1{margin:0 0 6px 0;font-size:22px}
+header table{border-collapse:collapse;font-size:13px}
+header td{padding:1px 14px 1px 0;vertical-align:top}
+nav{padding:8px 28px;background:#e5e5e5;font-size:14px}
+nav a{margin-right:14px;color:#14213d}
+main{padding:8px 28px 40px 28px}
+section{background:#fff;border:1px solid #ddd;border-radius:6px;margin:18px 0;padding:8px 18px}
+section h2{font-size:18px;margin:10px 0}
+.note{color:#555;font-size:13px;max-width:70em}
+table.data{border-collapse:collapse;font-size:13px;margin:8px 0}
+table.data td,table.data th{border:1px solid #ddd;padding:2px 8px;text-align:right}
+table.data th{background:#f0f0f0}
+.figure{margin:6px 0}
+"""
+
+
+@cache
+def plotly_js() -> str:
+    from plotly.offline import get_plotlyjs
+
+    return get_plotlyjs()
+
+
+Item = go.Figure | str
+
+
+@dataclass
+class Section:
+    """A titled block of figures and HTML snippets (strings are inserted as-is)."""
+
+    title: str
+    items: list[Item] = field(default_factory=list)
+    note: str = ""
+
+    @property
+    def anchor(self) -> str:
+        return "".join(c if c.isalnum() else "-" for c in self.title.lower()).strip("-")
+
+    def render(self) -> str:
+        parts = [f'<section id="{self.anchor}"><h2>{html.escape(self.title)}</h2>']
+        if self.note:
+            parts.append(f'<p class="note">{self.note}</p>')
+        for item in self.items:
+            if isinstance(item, go.Figure):
+                body = item.to_html(full_html=False, include_plotlyjs=False,
+                                    config={"displaylogo": False, "responsive": True})
+                parts.append(f'<div class="figure">{body}</div>')
+            else:
+                parts.append(item)
+        parts.append("</section>")
+        return "\n".join(parts)
+
+
+def table_html(rows: list[dict], columns: list[str] | None = None, fmt: str = "{:.4g}") -> str:
+    """A small HTML table from dict rows (floats formatted with ``fmt``)."""
+    if not rows:
+        return "<p class='note'>(empty)</p>"
+    columns = columns or list(rows[0])
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
+
+    def cell(v) -> str:
+        text = fmt.format(v) if isinstance(v, float) else str(v)
+        return f"<td>{html.escape(text)}</td>"
+
+    body = "".join("<tr>" + "".join(cell(r.get(c, "")) for c in columns) + "</tr>" for r in rows)
+    return f'<table class="data"><tr>{head}</tr>{body}</table>'
+
+
+@dataclass
+class Page:
+    title: str
+    header: dict[str, object] = field(default_factory=dict)
+    sections: list[Section] = field(default_factory=list)
+
+    def add(self, section: Section) -> Page:
+        self.sections.append(section)
+        return self
+
+    def render(self) -> str:
+        rows = "".join(
+            f"<tr><td><b>{html.escape(str(k))}</b></td><td>{html.escape(str(v))}</td></tr>"
+            for k, v in self.header.items()
+        )
+        nav = "".join(f'<a href="#{s.anchor}">{html.escape(s.title)}</a>' for s in self.sections)
+        body = "\n".join(s.render() for s in self.sections)
+        return (
+            "<!DOCTYPE html><html><head><meta charset='utf-8'>"
+            f"<title>{html.escape(self.title)}</title><style>{CSS}</style>"
+            f"<script type='text/javascript'>{plotly_js()}</script></head><body>"
+            f"<header><h1>{html.escape(self.title)}</h1><table>{rows}</table></header>"
+            f"<nav>{nav}</nav><main>{body}</main></body></html>"
+        )
+
+    def write(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, self.render().encode("utf-8"))
+        return path
