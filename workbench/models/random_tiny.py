@@ -4,6 +4,7 @@ It uses a byte-level tokenizer (256 byte tokens + ``<|endoftext|>`` as BOS/EOS/p
 once into the workbench cache as a folder, because HookedTransformer rejects in-memory tokenizers.
 """
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -74,6 +75,8 @@ def random_tiny(
         default_prepend_bos=True,
         model_name="random-tiny",
     )
-    model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=True)
+    with warnings.catch_warnings():  # TL 3.9 deprecation notice: 4.x drops this class
+        warnings.simplefilter("ignore", DeprecationWarning)
+        model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=True)
     model.eval()
     return model

@@ -1,0 +1,85 @@
+"""Capture: activations equal TransformerLens's own cache; only named hooks kept; memory plan."""
+
+import pytest
+import torch
+
+from workbench.capture import plan, resid_hooks, run, stream
+from workbench.data import load_windows
+from workbench.errors import WorkbenchError
+
+TEXT = "The quick brown fox jumps over the lazy dog. " * 6
+
+
+@pytest.fixture(scope="module")
+def windows(random_tiny):
+    return load_windows(random_tiny, text=TEXT, window=40, stride=30)
+
+
+def test_stream_equals_run_with_cache(random_tiny, windows):
+    hooks = resid_hooks(random_tiny) + ["blocks.1.mlp.hook_post", "blocks.0.attn.hook_pattern"]
+    seen = 0
+    for batch in stream(random_tiny, windows, hooks, batch_size=3, progress=False):
+        assert set(batch.acts) == set(hooks)  # nothing else is kept
+        _, cache = random_tiny.run_with_cache(batch.tokens)
+        for h in hooks:
+            real = batch.mask if batch.acts[h].dim() == 3 else slice(None)
+            torch.testing.assert_close(batch.acts[h][real], cache[h][real], rtol=0, atol=1e-6)
+        assert torch.equal(batch.tokens.cpu(), windows.tokens[batch.index][:, : batch.tokens.shape[1]])
+        seen += len(batch.index)
+    assert seen == len(windows)
+
+
+def test_logits_when_asked(random_tiny, windows):
+    batch = next(stream(random_tiny, windows, ["blocks.0.hook_resid_pre"], need_logits=True,
+                        progress=False))
+    torch.testing.assert_close(batch.logits, random_tiny(batch.tokens), rtol=0, atol=1e-5)
+    batch = next(stream(random_tiny, windows, ["blocks.0.hook_resid_pre"], progress=False))
+    assert batch.logits is None
+
+
+def test_forward_stops_after_deepest_hook(random_tiny, windows):
+    called = []
+    handle = random_tiny.blocks[1].register_forward_hook(lambda *a: called.append(1))
+    try:
+        list(stream(random_tiny, windows, ["blocks.0.hook_resid_post"], progress=False))
+    finally:
+        handle.remove()
+    assert called == []  # block 1 never ran
+
+
+def test_run_feeds_every_reducer_and_counts_tokens(random_tiny, windows):
+    totals = {"a": 0, "b": 0}
+    stats = run(random_tiny, windows, resid_hooks(random_tiny),
+                [lambda b: totals.__setitem__("a", totals["a"] + int(b.mask.sum())),
+                 lambda b: totals.__setitem__("b", totals["b"] + len(b.index))],
+                batch_size=4, progress=False)
+    assert totals == {"a": windows.n_tokens, "b": len(windows)}
+    assert stats.tokens == windows.n_tokens and stats.batches == -(-len(windows) // 4)
+
+
+def test_unknown_hook_is_a_clear_error(random_tiny, windows):
+    with pytest.raises(WorkbenchError, match="do not exist"):
+        next(stream(random_tiny, windows, ["blocks.9.hook_resid_post"], progress=False))
+
+
+def test_plan_matches_measured_bytes_and_counts_shared_storage_once(random_tiny):
+    hooks = ["blocks.0.hook_resid_post", "blocks.1.hook_resid_pre", "blocks.0.attn.hook_pattern"]
+    p = plan(random_tiny, hooks, batch=3, seq=20)
+    tokens = torch.zeros((3, 20), dtype=torch.long)
+    _, cache = random_tiny.run_with_cache(tokens, names_filter=hooks)
+    for h in hooks:
+        assert p.per_hook[h] == cache[h].numel() * cache[h].element_size()
+    # resid_post of block 0 is the very tensor block 1 reads as resid_pre
+    assert p.shared == {"blocks.1.hook_resid_pre": "blocks.0.hook_resid_post"}
+    assert p.unique_bytes == p.per_hook["blocks.0.hook_resid_post"] + p.per_hook[
+        "blocks.0.attn.hook_pattern"]
+
+
+def test_encoder_padding_does_not_change_real_positions(minilm):
+    w = load_windows(minilm, text=["short one", "a much longer document that needs padding less"])
+    hooks = resid_hooks(minilm)
+    padded = next(stream(minilm, w, hooks, batch_size=2, progress=False))
+    alone = next(stream(minilm, w.select(slice(0, 1)), hooks, batch_size=1, progress=False))
+    n = int(alone.mask.sum())
+    for h in hooks:
+        torch.testing.assert_close(padded.acts[h][0, :n], alone.acts[h][0, :n], rtol=0, atol=1e-4)

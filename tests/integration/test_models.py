@@ -1,0 +1,101 @@
+"""Model loading: embedded offline models, hub names offline, unknown names; minilm parity with HF."""
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import workbench
+from workbench.errors import OfflineError, WorkbenchError
+
+
+def test_list_models_offline_first():
+    models = workbench.list_models()
+    names = [m.name for m in models]
+    assert names[:3] == ["tiny-gloss-lm", "minilm", "random-tiny"]
+    assert all(m.offline for m in models)
+    rt = next(m for m in models if m.name == "random-tiny")
+    assert not rt.pretrained and "NOT trained" in rt.description
+    hub = workbench.list_models(include_hub=True)
+    assert any(m.name == "gpt2" and not m.offline for m in hub)
+
+
+def test_hub_model_offline_fails_fast_with_offline_list(network_attempts):
+    box: list[BaseException] = []
+
+    def attempt():
+        try:
+            workbench.load_model("gpt2", device="cpu")
+        except BaseException as exc:  # noqa: BLE001 - the test inspects it
+            box.append(exc)
+
+    t0 = time.perf_counter()
+    th = threading.Thread(target=attempt, daemon=True)
+    th.start()
+    th.join(5.0)  # the issue's bound: offline failure must not hang on the network
+    assert not th.is_alive(), "loading gpt2 offline did not fail within 5 s"
+    assert isinstance(box[0], OfflineError)
+    msg = str(box[0])
+    assert "'gpt2'" in msg and "no hub is reachable" in msg
+    for name in ("tiny-gloss-lm", "minilm", "random-tiny"):
+        assert name in msg
+    assert time.perf_counter() - t0 < 5.0
+
+
+def test_unknown_model_suggests_close_matches():
+    with pytest.raises(WorkbenchError, match="Did you mean: .*gpt2"):
+        workbench.load_model("gtp2")
+    with pytest.raises(WorkbenchError, match="unknown model 'zzzz-qqq'"):
+        workbench.load_model("zzzz-qqq")
+
+
+def test_auto_device_is_cpu_without_cuda(random_tiny):
+    from workbench.paths import resolve_device
+
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    m = workbench.load_model("random-tiny", device="auto")
+    assert next(m.parameters()).device.type == resolve_device("auto")
+
+
+def test_random_tiny_is_seeded():
+    a = workbench.load_model("random-tiny", device="cpu")
+    b = workbench.load_model("random-tiny", device="cpu")
+    for (ka, va), (_, vb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(va, vb), ka
+
+
+def test_minilm_residual_matches_hf_hidden_states(minilm):
+    """HookedEncoder residual stream (emb, h.0..h.5) within 1e-4 of HF BertModel hidden_states."""
+    from workbench.capture import forward, resid_hooks
+    from workbench.models.minilm import load_hf_bert
+
+    bert, tok = load_hf_bert("cpu")
+    enc = tok(["The cat sat on the mat.", "Interpretability needs exact numbers, always."],
+              padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        hf = bert(**enc, output_hidden_states=True).hidden_states
+    acts, _ = forward(minilm, enc["input_ids"], enc["attention_mask"].bool(), resid_hooks(minilm))
+    mask = enc["attention_mask"].bool()
+    worst = 0.0
+    for ours, ref in zip(acts.values(), hf, strict=True):
+        worst = max(worst, float((ours[mask] - ref[mask]).abs().max()))
+    assert len(hf) == minilm.cfg.n_layers + 1
+    assert worst < 1e-4, worst
+
+
+def test_default_paths_never_touch_the_network(network_attempts, tmp_path):
+    """Load every embedded model fresh and capture with each, with sockets blocked."""
+    from workbench.capture import resid_hooks, stream
+    from workbench.data import load_windows
+
+    names = ["random-tiny", "minilm"]
+    if (Path(workbench.models.__file__).parent / "tiny_gloss_lm" / "config.json").exists():
+        names.append("tiny-gloss-lm")
+    for name in names:
+        model = workbench.load_model(name, device="cpu")
+        w = load_windows(model, text="A dog is a domesticated mammal. " * 4, window=16)
+        for batch in stream(model, w, resid_hooks(model), batch_size=2, progress=False):
+            assert len(batch.acts) == model.cfg.n_layers + 1
+    assert network_attempts == []
