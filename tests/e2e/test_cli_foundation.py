@@ -26,8 +26,7 @@ def test_models_lists_offline_models():
 
 
 def test_user_errors_exit_2_with_message(tmp_path):
-    if "distributions" not in cli("--help").stdout:
-        return  # no analysis command built yet to exercise the error path
+    """A missing input file is a user error: a one-line message, exit 2, no traceback."""
     r = cli("distributions", "--model", "random-tiny", "--file", str(tmp_path / "missing.txt"),
             "--out", str(tmp_path))
     assert r.returncode == 2
