@@ -1,0 +1,316 @@
+"""Logit lens analysis: what each layer would predict, how it ranks the real next token, and how it
+ranks watched tokens, at every position (ecco's ``predictions`` / ``rankings`` /
+``rankings_watch``, done for every position and any amount of text).
+
+>>> r = analyze(model, load_windows(model, text="The keys to the cabinet"), watch=[" is", " are"])  # doctest: +SKIP
+>>> r.predictions(position=-1, k=5)     # per-layer top-5 at the last position        # doctest: +SKIP
+>>> r.rankings().ranks                   # [L+1, P-1] ranks of the actual next tokens   # doctest: +SKIP
+>>> r.rankings_watch(position=-1).ranks  # [L+1, W]                                     # doctest: +SKIP
+
+Lenses are DESIGN.md's: ``blocks.0.hook_resid_pre`` ("emb"), then the residual after each block
+("h.0" … "h.{L-1}"; the last is the final residual, i.e. the model's logits in ``final_ln`` mode).
+The per-text tensors cover the first window; ``dataset`` holds aggregates over every window.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from workbench import artifacts, capture
+from workbench.data import Windows
+from workbench.errors import WorkbenchError
+from workbench.kernels.lens import (
+    DEFAULT_BUDGET,
+    MODES,
+    LensOutput,
+    Unembed,
+    logit_lens,
+    next_token_targets,
+    project,
+    target_ranks,
+)
+from workbench.kernels.lens_stats import LensStats
+
+ARTIFACT = "lens.safetensors"
+
+
+@dataclass
+class Rankings:
+    """Ranks per layer (rows, in depth order) and column (positions or watched tokens)."""
+
+    ranks: Int[Tensor, "lens cols"]
+    layers: list[str]
+    columns: list[str]
+    positions: list[int]
+
+
+@dataclass
+class LensResult:
+    """Per-text lens read-outs of the first window, plus dataset aggregates over all windows."""
+
+    tokens: Int[Tensor, " pos"]
+    topk_ids: Int[Tensor, "lens pos k"]
+    topk_probs: Float[Tensor, "lens pos k"]
+    ranks: Int[Tensor, "lens pos-1"]  # ranks[l, p] of tokens[p + 1]
+    entropy: Float[Tensor, "lens pos"]
+    kl: Float[Tensor, "lens pos"]
+    agreement: Bool[Tensor, "lens pos"]
+    watch_ids: Int[Tensor, " w"] | None
+    watch_ranks: Int[Tensor, "lens pos w"] | None
+    dataset: dict[str, Tensor]  # LensStats.compute() over every window (teacher-forced)
+    layer_labels: list[str]
+    token_strs: dict[int, str]  # decoded text of every id the result shows
+    mode: str
+    k: int
+    generated_from: int | None = None  # index in ``tokens`` of the first generated token
+    meta: dict = field(default_factory=dict)
+    _stack: Tensor | None = field(default=None, repr=False, compare=False)
+    _model: object = field(default=None, repr=False, compare=False)
+
+    @property
+    def n_positions(self) -> int:
+        return int(self.tokens.shape[0])
+
+    def _position(self, position: int) -> int:
+        p = position + self.n_positions if position < 0 else position
+        if not 0 <= p < self.n_positions:
+            raise WorkbenchError(
+                f"position {position} is outside the text's {self.n_positions} positions; "
+                f"use 0..{self.n_positions - 1} (or negative from the end)"
+            )
+        return p
+
+    def _layer(self, layer: int | str) -> int:
+        if isinstance(layer, str):
+            if layer not in self.layer_labels:
+                raise WorkbenchError(f"unknown layer {layer!r}; use one of {self.layer_labels}")
+            return self.layer_labels.index(layer)
+        n = len(self.layer_labels)
+        if not -n <= layer < n:
+            raise WorkbenchError(f"layer {layer} out of range: the lens has {n} layers (0..{n - 1})")
+        return layer % n
+
+    def label(self, token_id: int) -> str:
+        return self.token_strs.get(int(token_id), f"#{int(token_id)}")
+
+    def predictions(self, position: int = -1, k: int | None = None,
+                    layer: int | str | None = None) -> list[dict]:
+        """Top-k tokens of each layer (or one ``layer``) at ``position``: rows of
+        ``{layer, rank, id, token, prob}``, layers in depth order (ecco's ``predictions``)."""
+        p = self._position(position)
+        k = self.k if k is None else k
+        if k > self.k:
+            ids, probs = self._recompute_topk(p, k)
+        else:
+            ids, probs = self.topk_ids[:, p, :k], self.topk_probs[:, p, :k]
+        layers = range(len(self.layer_labels)) if layer is None else [self._layer(layer)]
+        return [
+            {"layer": self.layer_labels[i], "rank": j + 1, "id": int(ids[i, j]),
+             "token": self.label(ids[i, j]), "prob": float(probs[i, j])}
+            for i in layers for j in range(k)
+        ]
+
+    def rankings(self, generated_only: bool | None = None) -> Rankings:
+        """Rank of the actual next token per layer and position (of the generated tokens only,
+        as ecco, when the text was generated and ``generated_only`` is not False)."""
+        start = 0
+        if self.generated_from is not None and generated_only is not False:
+            start = self.generated_from - 1
+        cols = list(range(start, self.n_positions - 1))
+        columns = [f"{self.label(self.tokens[p])} → {self.label(self.tokens[p + 1])}" for p in cols]
+        return Rankings(self.ranks[:, start:], list(self.layer_labels), columns, cols)
+
+    def rankings_watch(self, watch: Sequence[int | str] | None = None,
+                       position: int | None = None) -> Rankings:
+        """Ranks of watched tokens per layer at ``position`` (default: the last position)."""
+        p = self._position(-1 if position is None else position)
+        if watch is None:
+            if self.watch_ids is None:
+                raise WorkbenchError("no watched tokens: pass watch=[...] (ids or strings)")
+            ids, ranks = self.watch_ids, self.watch_ranks[:, p]
+        else:
+            if self._model is None or self._stack is None:
+                raise WorkbenchError("this result has no residuals to re-rank (loaded from disk?); "
+                                     "run the analysis again with watch=[...]")
+            ids = resolve_watch(self._model.tokenizer, watch, int(self._model.cfg.d_vocab))
+            self.token_strs.update(decode_ids(self._model.tokenizer, ids.tolist()))
+            with torch.inference_mode():
+                logits = project(self._stack[:, p], Unembed.from_model(self._model), self.mode)
+                ranks = target_ranks(logits, ids.to(logits.device).expand(logits.shape[0], -1))
+        return Rankings(ranks.cpu(), list(self.layer_labels), [self.label(i) for i in ids],
+                        [p] * len(ids))
+
+    def _recompute_topk(self, p: int, k: int) -> tuple[Tensor, Tensor]:
+        if self._model is None or self._stack is None:
+            raise WorkbenchError(f"k={k} is more than the {self.k} stored; analyse with k>={k}")
+        with torch.inference_mode():
+            logits = project(self._stack[:, p], Unembed.from_model(self._model), self.mode)
+            vals, ids = logits.topk(k, dim=-1)
+            probs = (vals - logits.logsumexp(-1, keepdim=True)).exp()
+        self.token_strs.update(decode_ids(self._model.tokenizer, ids.flatten().tolist()))
+        return ids.cpu(), probs.cpu()
+
+    def tensors(self) -> dict[str, Tensor]:
+        """The artifact's tensors (DESIGN.md keys, then per-position extras, then ``dataset.*``)."""
+        out = {"tokens": self.tokens, "topk_ids": self.topk_ids, "topk_probs": self.topk_probs,
+               "ranks": self.ranks, "entropy": self.entropy, "kl": self.kl,
+               "agreement": self.agreement}
+        if self.watch_ids is not None:
+            out |= {"watch_ids": self.watch_ids, "watch_ranks": self.watch_ranks}
+        if self.generated_from is not None:
+            out["generated_from"] = torch.tensor(self.generated_from, dtype=torch.long)
+            out["generated_ranks"] = self.ranks[:, self.generated_from - 1 :]
+        out |= {f"dataset.{k}": v for k, v in self.dataset.items()}
+        return {k: v.detach().cpu().clone() for k, v in out.items()}
+
+    def figures(self, position: int | None = None) -> dict:
+        from workbench.views import lens as view
+
+        return view.figures(self, position)
+
+    def save(self, out_dir: str | Path) -> Path:
+        meta = dict(self.meta)
+        meta["layer_labels"] = self.layer_labels
+        meta["tokens_text"] = [self.label(t) for t in self.tokens]
+        return artifacts.save(Path(out_dir) / ARTIFACT, self.tensors(), meta)
+
+
+def decode_ids(tokenizer, ids: Sequence[int]) -> dict[int, str]:
+    return {int(i): tokenizer.decode([int(i)]) for i in set(ids)}
+
+
+def resolve_watch(tokenizer, watch: Sequence[int | str], d_vocab: int) -> Tensor:
+    """Token ids of ``watch`` (ids, or strings that must each be exactly one token)."""
+    ids = []
+    for item in watch:
+        if isinstance(item, bool) or not isinstance(item, int | str):
+            raise WorkbenchError(f"watch item {item!r} is neither a token id nor a string")
+        if isinstance(item, int):
+            if not 0 <= item < d_vocab:
+                raise WorkbenchError(f"watch id {item} is outside the vocabulary (0..{d_vocab - 1})")
+            ids.append(item)
+            continue
+        pieces = tokenizer(item, add_special_tokens=False)["input_ids"]
+        if len(pieces) != 1:
+            shown = [tokenizer.decode([i]) for i in pieces]
+            raise WorkbenchError(
+                f"watch {item!r} is {len(pieces)} tokens, not one: pieces {shown} (ids {pieces}); "
+                "watch single tokens: give one of these pieces (or its id) instead"
+            )
+        ids.append(pieces[0])
+    if not ids:
+        raise WorkbenchError("watch is empty: give at least one token id or string")
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def greedy(model, prompt: Int[Tensor, " p"], n: int) -> Int[Tensor, " total"]:
+    """``prompt`` followed by ``n`` greedily generated tokens (argmax, no sampling)."""
+    if len(prompt) + n > model.cfg.n_ctx:
+        raise WorkbenchError(
+            f"generating {n} tokens after {len(prompt)} would exceed the model's context of "
+            f"{model.cfg.n_ctx}; use --generate {max(0, model.cfg.n_ctx - len(prompt))} or less"
+        )
+    seq = prompt
+    with torch.inference_mode():
+        for _ in range(n):
+            nxt = model(seq[None])[0, -1].argmax()
+            seq = torch.cat([seq, nxt[None]])
+    return seq
+
+
+def _check(model, mode: str, k: int) -> None:
+    if capture.is_encoder(model):
+        raise WorkbenchError(
+            f"{model.cfg.model_name} is an encoder (bidirectional): it has no next-token "
+            "prediction for a logit lens to read; use a causal model (tiny-gloss-lm, random-tiny "
+            "or a TransformerLens name like gpt2)"
+        )
+    if mode not in MODES:
+        raise WorkbenchError(f"unknown lens mode {mode!r}; use one of {', '.join(MODES)}")
+    if not 1 <= k <= model.cfg.d_vocab:
+        raise WorkbenchError(f"k={k} must be between 1 and the vocabulary size {model.cfg.d_vocab}")
+
+
+def _lens(model, stack, tokens, mask, mode, k, watch_ids, budget_bytes) -> LensOutput:
+    return logit_lens(stack, Unembed.from_model(model), mode=mode, k=k,
+                      targets=next_token_targets(tokens, mask),
+                      watch=None if watch_ids is None else watch_ids.to(stack.device),
+                      budget_bytes=budget_bytes)
+
+
+def analyze(
+    model,
+    windows: Windows,
+    *,
+    batch_size: int = 8,
+    progress: bool = True,
+    mode: str = "final_ln",
+    k: int = 10,
+    watch: Sequence[int | str] | None = None,
+    generate: int = 0,
+    budget_bytes: int = DEFAULT_BUDGET,
+) -> LensResult:
+    """Run the logit lens over ``windows`` (teacher-forced at every position).
+
+    ``generate=N`` first extends the first window greedily by N tokens; its per-text tensors then
+    cover prompt + generation and ``rankings()`` shows the generated tokens' ranks (as ecco).
+    ``budget_bytes`` bounds the transient ``[lenses, positions, vocab]`` logits chunk.
+    """
+    _check(model, mode, k)
+    if generate < 0:
+        raise WorkbenchError(f"generate must be >= 0, got {generate}")
+    watch_ids = None if not watch else resolve_watch(model.tokenizer, watch, model.cfg.d_vocab)
+    hooks = capture.resid_hooks(model)
+    device = next(model.parameters()).device
+    stats = LensStats(len(hooks), int(model.cfg.d_vocab), device=device)
+    first = None
+    for batch in capture.stream(model, windows, hooks, batch_size, progress=progress, desc="lens"):
+        with torch.inference_mode():
+            stack = torch.stack([batch.acts[h] for h in hooks])
+            out = _lens(model, stack, batch.tokens, batch.mask, mode, k, watch_ids, budget_bytes)
+            stats.update(out.ranks, out.entropy, out.kl, out.agreement, batch.mask)
+            if first is None and not generate:
+                n = int(batch.mask[0].sum())
+                first = (batch.tokens[0, :n], out.window(0, n), stack[:, 0, :n])
+    generated_from = None
+    if generate:
+        prompt = windows.tokens[0][windows.mask[0]].to(device)
+        seq = greedy(model, prompt, generate)
+        mask = torch.ones((1, len(seq)), dtype=torch.bool, device=device)
+        acts, _ = capture.forward(model, seq[None], mask, hooks)
+        with torch.inference_mode():
+            stack = torch.stack([acts[h] for h in hooks])
+            out = _lens(model, stack, seq[None], mask, mode, k, watch_ids, budget_bytes)
+        first, generated_from = (seq, out.window(0), stack[:, 0]), len(prompt)
+    tokens, out, stack = first
+    shown = tokens.tolist() + out.topk_ids.flatten().tolist()
+    shown += [] if watch_ids is None else watch_ids.tolist()
+    meta = artifacts.run_metadata(model, windows, lens_mode=mode, k=k, generate=generate,
+                                  watch=None if watch is None else list(watch),
+                                  budget_bytes=budget_bytes, batch_size=batch_size)
+    return LensResult(
+        tokens=tokens.cpu(),
+        topk_ids=out.topk_ids[:, 0].cpu(),
+        topk_probs=out.topk_probs[:, 0].cpu(),
+        ranks=out.ranks[:, 0, :-1].cpu(),
+        entropy=out.entropy[:, 0].cpu(),
+        kl=out.kl[:, 0].cpu(),
+        agreement=out.agreement[:, 0].cpu(),
+        watch_ids=watch_ids,
+        watch_ranks=None if out.watch_ranks is None else out.watch_ranks[:, 0].cpu(),
+        dataset={k_: v.cpu() for k_, v in stats.compute().items()},
+        layer_labels=capture.layer_labels(model),
+        token_strs=decode_ids(model.tokenizer, shown),
+        mode=mode,
+        k=k,
+        generated_from=generated_from,
+        meta=meta,
+        _stack=stack,
+        _model=model,
+    )
