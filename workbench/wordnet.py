@@ -2,7 +2,7 @@
 
 1. ``wn = open_wordnet()`` finds a WordNet 3.0 database folder (see :func:`resolve_wordnet_dir`).
 2. A folder without the ``lexnames`` file (Debian's ``wordnet-base`` ships none) is mirrored into
-   the workbench cache (hard links, else copies) plus a ``lexnames`` written from lexnames(5WN),
+   the workbench cache (copies) plus a ``lexnames`` written from lexnames(5WN),
    and the cache folder is added to ``nltk.data.path``.
 3. The reader never reaches for NLTK's downloader: ``map_wn`` (which cross-maps WordNet versions
    through ``index.sense`` files that Debian lacks) is overridden to "no mapping".
@@ -118,22 +118,14 @@ def _mirror_is_current(mirror: Path, source: Path) -> bool:
     return True
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    # A hard link costs nothing; across filesystems, or for a file the user does not own
-    # (fs.protected_hardlinks), copy. Symlinks do not work: NLTK >= 3.9 refuses a corpus
-    # file whose resolved path leaves the reader's root.
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
-
-
 def prepare_wordnet_dir(source: Path, cache: Path | None = None) -> Path:
     """A folder NLTK can read: ``source`` itself if it has ``lexnames``, else a cached mirror.
 
-    The mirror is ``<cache>/corpora/wordnet``: every file of ``source`` (hard-linked, else
-    copied: 28 MB) plus a ``lexnames`` written from lexnames(5WN). It is built in a private
-    temporary folder and renamed into place, so parallel processes never see a half-built one.
+    The mirror is ``<cache>/corpora/wordnet``: a copy of every file of ``source`` (28 MB) plus a
+    ``lexnames`` written from lexnames(5WN). Copies, not links: NLTK >= 3.9 refuses a corpus
+    file that is a symlink out of the reader's root or has more than one hard link. The mirror
+    is built in a private temporary folder and renamed into place, so parallel processes never
+    see a half-built one.
     """
     source = source.resolve()
     if (source / "lexnames").is_file():
@@ -147,7 +139,7 @@ def prepare_wordnet_dir(source: Path, cache: Path | None = None) -> Path:
     tmp.mkdir(parents=True)
     for f in source.iterdir():
         if f.is_file():
-            _link_or_copy(f, tmp / f.name)
+            shutil.copyfile(f, tmp / f.name)
     (tmp / "lexnames").write_text(lexnames_text(), encoding="utf-8")
     if mirror.exists():
         stale = mirror.with_name(f"wordnet.stale-{os.getpid()}")
