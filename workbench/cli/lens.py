@@ -1,0 +1,55 @@
+"""``workbench lens``: logit lens over a text, file or dataset → lens.safetensors, lens.json,
+lens.html in ``--out``."""
+
+from __future__ import annotations
+
+from workbench.cli.common import add_input_args
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "lens", help="logit lens: per-layer predictions, next-token ranks, watched-token ranks",
+        description="Project every residual layer through the unembedding (final_ln: with the "
+        "final LayerNorm recomputed on that layer; raw: without, as ecco) and write top-k "
+        "predictions, ranks of the actual next tokens and of watched tokens at every position.",
+    )
+    add_input_args(p)
+    p.add_argument("--mode", choices=["final_ln", "raw"], default="final_ln",
+                   help="final_ln (default): ln_final then unembed; raw: unembed only")
+    p.add_argument("--k", type=int, default=10, help="top-k predictions kept per layer (default 10)")
+    p.add_argument("--watch", nargs="+", default=None, metavar="TOKEN",
+                   help='token strings to rank at every layer, each exactly one token, e.g. " is" " are"')
+    p.add_argument("--watch-ids", nargs="+", type=int, default=None, metavar="ID",
+                   help="token ids to rank at every layer, e.g. 318 389")
+    p.add_argument("--generate", type=int, default=0, metavar="N",
+                   help="greedily generate N tokens after the first window and rank them (as ecco)")
+    p.add_argument("--position", type=int, default=None,
+                   help="position for the top-k and watch figures (default: the last)")
+    p.add_argument("--budget-mib", type=float, default=256,
+                   help="memory for the transient logits chunk, MiB (default 256)")
+    p.set_defaults(func=main)
+
+
+def main(args) -> int:
+    from workbench.analyses.lens import analyze
+    from workbench.cli.common import load_inputs
+    from workbench.errors import WorkbenchError
+    from workbench.views.html import Page
+    from workbench.views.lens import section
+
+    if args.budget_mib <= 0:
+        raise WorkbenchError(f"--budget-mib must be > 0, got {args.budget_mib}")
+    watch = [*(args.watch or []), *(args.watch_ids or [])] or None
+    model, windows = load_inputs(args)
+    result = analyze(model, windows, batch_size=args.batch_size, progress=not args.quiet,
+                     mode=args.mode, k=args.k, watch=watch, generate=args.generate,
+                     budget_bytes=int(args.budget_mib * 2**20))
+    if args.position is not None:
+        result._position(args.position)  # a clear error before anything is written
+    artifact = result.save(args.out)
+    header = {"model": model.cfg.model_name, "input": windows.source, "mode": args.mode,
+              "windows": len(windows), "positions": int(result.dataset["n_positions"])}
+    page = Page("Logit lens", header).add(section(result, args.position))
+    html = page.write(args.out / "lens.html")
+    print(f"wrote {artifact}, {artifact.with_suffix('.json')} and {html}")
+    return 0
