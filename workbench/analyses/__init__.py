@@ -1,0 +1,1 @@
+"""Analyses: one per study, composing capture + kernels into a result dataclass."""

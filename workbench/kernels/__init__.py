@@ -1,0 +1,1 @@
+"""Pure typed kernels and mergeable accumulators (see shared/DESIGN.md, layer ``kernels``)."""

@@ -1,0 +1,120 @@
+"""Per-dimension statistics of each variable: mean, std and max |x| per residual dimension.
+
+1. ``s = DimStats(n_vars=13, d=768)``.
+2. ``s.update(x)`` with ``x`` of shape ``[n, v, d]`` (n tokens, v layers, d residual dimensions).
+3. ``s.mean``, ``s.std()``, ``s.maxabs`` are ``[v, d]``; ``s.outliers(layer, k)`` names the
+   dimensions whose max |x| stands out, which scatter plots of a layer only hint at.
+
+Means and sums of squares merge with Chan et al.'s formulas (see ``moments.py``); max |x| merges
+by max. fp64 state whatever the input dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from workbench.errors import WorkbenchError
+from workbench.kernels.moments import chan_merge
+from workbench.kernels.state import checked_state
+
+F64 = torch.float64
+
+
+class DimStats:
+    """Count, mean, centered sum of squares and max |x| for each (variable, dimension).
+
+    >>> x = torch.randn(50, 2, 4)
+    >>> s = DimStats(2, 4).update(x[:20]).update(x[20:])
+    >>> bool(torch.allclose(s.std(), x.double().std(0)))
+    True
+    """
+
+    REDUCE = {"count": "merge", "mean": "merge", "m2": "merge", "maxabs": "max"}
+
+    def __init__(self, n_vars: int, d: int, device: torch.device | str | None = None):
+        if n_vars < 1 or d < 1:
+            raise WorkbenchError(f"DimStats needs n_vars >= 1 and d >= 1, got {n_vars}, {d}")
+        self.n_vars, self.d = n_vars, d
+        self.count: Int[Tensor, ""] = torch.zeros((), dtype=torch.int64, device=device)
+        self.mean: Float[Tensor, "v d"] = torch.zeros(n_vars, d, dtype=F64, device=device)
+        self.m2: Float[Tensor, "v d"] = torch.zeros(n_vars, d, dtype=F64, device=device)
+        self.maxabs: Float[Tensor, "v d"] = torch.zeros(n_vars, d, dtype=F64, device=device)
+
+    @property
+    def device(self) -> torch.device:
+        return self.mean.device
+
+    def update(self, x: Float[Tensor, "n v d"]) -> DimStats:
+        """Fold in ``n`` samples (tokens) of every (variable, dimension)."""
+        if x.ndim != 3 or tuple(x.shape[1:]) != (self.n_vars, self.d):
+            raise WorkbenchError(
+                f"DimStats over [{self.n_vars}, {self.d}] got a batch of shape {tuple(x.shape)}; "
+                f"pass [n, {self.n_vars}, {self.d}]"
+            )
+        n = x.shape[0]
+        if n == 0:
+            return self
+        x = x.to(self.device)
+        mean_b = x.sum(0, dtype=F64) / n
+        m2_b = (x - mean_b).square().sum(0)
+        n_b = torch.tensor(n, dtype=torch.int64, device=self.device)
+        self.count, self.mean, self.m2 = chan_merge(
+            self.count, self.mean, self.m2, n_b, mean_b, m2_b, outer=False)
+        self.maxabs = torch.maximum(self.maxabs, x.abs().amax(0).to(F64))
+        return self
+
+    def merge(self, other: DimStats) -> DimStats:
+        if not isinstance(other, DimStats) or (other.n_vars, other.d) != (self.n_vars, self.d):
+            got = (f"[{other.n_vars}, {other.d}]" if isinstance(other, DimStats)
+                   else type(other).__name__)
+            raise WorkbenchError(
+                f"cannot merge DimStats over [{self.n_vars}, {self.d}] with {got}; merge only "
+                "statistics of the same model (same layers and width)"
+            )
+        dev = self.device
+        self.count, self.mean, self.m2 = chan_merge(
+            self.count, self.mean, self.m2,
+            other.count.to(dev), other.mean.to(dev), other.m2.to(dev), outer=False)
+        self.maxabs = torch.maximum(self.maxabs, other.maxabs.to(dev))
+        return self
+
+    def std(self) -> Float[Tensor, "v d"]:
+        """Unbiased (n - 1) standard deviation; NaN with fewer than two samples."""
+        if int(self.count) < 2:
+            return torch.full_like(self.m2, float("nan"))
+        return (self.m2 / (self.count.to(F64) - 1)).sqrt()
+
+    def outliers(self, var: int, k: int = 5) -> list[dict]:
+        """The ``k`` dimensions of variable ``var`` with the largest max |x|, with how far out.
+
+        ``ratio`` = the dimension's max |x| over the median of all dimensions' max |x|.
+        """
+        maxabs = self.maxabs[var]
+        median = maxabs.median().clamp(min=torch.finfo(F64).tiny)
+        top = torch.topk(maxabs, min(k, self.d))
+        std = self.std()[var]
+        return [{"dim": int(i), "max_abs": float(v), "ratio": float(v / median),
+                 "mean": float(self.mean[var, i]), "std": float(std[i])}
+                for v, i in zip(top.values, top.indices, strict=True)]
+
+    def compute(self) -> dict[str, Tensor]:
+        return {"count": self.count.clone(), "mean": self.mean.clone(), "std": self.std(),
+                "maxabs": self.maxabs.clone()}
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {"count": self.count.clone(), "mean": self.mean.clone(), "m2": self.m2.clone(),
+                "maxabs": self.maxabs.clone()}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> DimStats:
+        vd = (self.n_vars, self.d)
+        s = checked_state("DimStats", state, {"count": ((), torch.int64), "mean": (vd, F64),
+                                              "m2": (vd, F64), "maxabs": (vd, F64)}, self.device)
+        self.count, self.mean, self.m2, self.maxabs = s["count"], s["mean"], s["m2"], s["maxabs"]
+        return self
+
+    def to(self, device: torch.device | str) -> DimStats:
+        for name in ("count", "mean", "m2", "maxabs"):
+            setattr(self, name, getattr(self, name).to(device))
+        return self

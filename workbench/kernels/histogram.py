@@ -1,0 +1,195 @@
+"""Exact fixed-edge histograms of V variables, identical on CPU and CUDA.
+
+1. ``h = Histogram(linear_edges(-15, 15, 300), n_vars=13)`` (or ``symlog_edges`` for heavy tails).
+2. ``h.update(x)`` for each batch of samples ``[n, v]``; ``h.merge(other)`` for another shard.
+3. Read ``h.counts`` ``[v, bins]`` (int64), ``h.under`` / ``h.over`` (values outside the edges)
+   and ``h.nan`` per variable.
+
+The bin rule is ``np.histogram``'s: bin i holds ``edges[i] <= x < edges[i+1]``, the last bin also
+holds ``x == edges[-1]``. Values are compared with the fp64 edges after an exact upcast to fp64
+(``torch.searchsorted``), and counted with ``torch.bincount`` into int64, so counts never depend
+on the input dtype or device (``torch.histc`` counts in the input dtype and ``torch.histogram``
+is CPU-only; shared/DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from einops import rearrange
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from workbench.errors import WorkbenchError
+from workbench.kernels.state import checked_state
+
+F64 = torch.float64
+Real = float | int  # the runtime checker does not widen int to float by itself
+
+
+def linear_edges(lo: Real = -15.0, hi: Real = 15.0, bins: int = 300) -> Float[Tensor, " e"]:
+    """``np.linspace(lo, hi, bins + 1)``, bit for bit (the seed's bins are ``linspace(-15, 15, 301)``).
+
+    >>> linear_edges(-1, 1, 4).tolist()
+    [-1.0, -0.5, 0.0, 0.5, 1.0]
+    """
+    if bins < 1 or not lo < hi:
+        raise WorkbenchError(f"need bins >= 1 and lo < hi, got bins={bins}, range=({lo}, {hi})")
+    return torch.from_numpy(np.linspace(lo, hi, bins + 1))
+
+
+def symlog_edges(limit: Real = 1000.0, bins: int = 300, linthresh: Real = 1.0) -> Float[Tensor, " e"]:
+    """Edges uniform in ``sign(x) * log1p(|x| / linthresh)`` over ``[-limit, limit]``.
+
+    About linear within ``±linthresh`` and logarithmic beyond, so one histogram resolves both the
+    bulk and the heavy tails (outlier dimensions). Exactly symmetric; 0 is an edge for even bins.
+
+    >>> symlog_edges(10, 4, 1.0).tolist()[2]
+    0.0
+    """
+    if bins < 1 or limit <= 0 or linthresh <= 0:
+        raise WorkbenchError(
+            f"need bins >= 1, limit > 0, linthresh > 0; got {bins}, {limit}, {linthresh}")
+    top = np.log1p(limit / linthresh)
+    step = 2 * top / bins
+    # Build the positive half and mirror it, so the edges are exactly symmetric.
+    if bins % 2 == 0:
+        pos = np.expm1(step * np.arange(bins // 2 + 1)) * linthresh  # starts at exactly 0
+        edges = np.concatenate([-pos[:0:-1], pos])
+    else:
+        pos = np.expm1(step * (np.arange(bins // 2 + 1) + 0.5)) * linthresh
+        edges = np.concatenate([-pos[::-1], pos])
+    edges[0], edges[-1] = -limit, limit
+    return torch.from_numpy(edges)
+
+
+def _check_edges(edges) -> Tensor:
+    e = torch.as_tensor(edges, dtype=F64).detach().cpu()
+    if e.ndim != 1 or e.numel() < 2:
+        raise WorkbenchError(f"histogram edges must be 1-D with at least 2 values, got {tuple(e.shape)}")
+    if not bool(torch.isfinite(e).all()) or not bool((e[1:] > e[:-1]).all()):
+        raise WorkbenchError("histogram edges must be finite and strictly increasing")
+    return e
+
+
+def bin_slots(x: Float[Tensor, "*shape"], edges: Float[Tensor, " e"]) -> Int[Tensor, "*shape"]:
+    """Slot of each value: 0 under, 1..bins the bins, bins+1 over, bins+2 NaN.
+
+    >>> bin_slots(torch.tensor([-2.0, 0.0, 1.0, 3.0]), torch.tensor([0.0, 1.0], dtype=torch.float64)).tolist()
+    [0, 1, 1, 2]
+    """
+    bins = edges.numel() - 1
+    x64 = x.to(F64).contiguous()  # searchsorted copies strided input anyway
+    # number of edges <= x: 0 → under, i in 1..bins → bin i-1 (slot i), bins+1 → at or past the top
+    slot = torch.searchsorted(edges, x64, right=True)
+    slot = torch.where(x64 == edges[-1], bins, slot)  # np.histogram closes the last bin
+    return torch.where(torch.isnan(x64), bins + 2, slot)
+
+
+class Histogram:
+    """Int64 counts of ``n_vars`` variables over fixed fp64 ``edges``, plus under/over/NaN.
+
+    >>> h = Histogram(linear_edges(-1, 1, 4), n_vars=2)
+    >>> _ = h.update(torch.tensor([[-0.7, 5.0], [1.0, 0.1]]))
+    >>> h.counts.tolist(), h.over.tolist()
+    ([[1, 0, 0, 1], [0, 0, 1, 0]], [0, 1])
+    """
+
+    REDUCE = {"counts": "sum", "under": "sum", "over": "sum", "nan": "sum", "edges": "merge"}
+
+    def __init__(self, edges, n_vars: int, device: torch.device | str | None = None):
+        if n_vars < 1:
+            raise WorkbenchError(f"Histogram needs at least one variable, got n_vars={n_vars}")
+        self.n_vars = n_vars
+        self.edges: Float[Tensor, " e"] = _check_edges(edges).to(device)
+        self.bins = self.edges.numel() - 1
+        z = {"dtype": torch.int64, "device": self.edges.device}
+        self.counts: Int[Tensor, "v b"] = torch.zeros(n_vars, self.bins, **z)
+        self.under: Int[Tensor, " v"] = torch.zeros(n_vars, **z)
+        self.over: Int[Tensor, " v"] = torch.zeros(n_vars, **z)
+        self.nan: Int[Tensor, " v"] = torch.zeros(n_vars, **z)
+
+    @property
+    def device(self) -> torch.device:
+        return self.edges.device
+
+    @property
+    def n_samples(self) -> Int[Tensor, " v"]:
+        return self.counts.sum(1) + self.under + self.over + self.nan
+
+    def update(self, x: Float[Tensor, "n v"]) -> Histogram:
+        """Count a batch of ``n`` samples (rows) of the ``v`` variables (columns)."""
+        if x.ndim != 2 or x.shape[1] != self.n_vars:
+            raise WorkbenchError(
+                f"Histogram over {self.n_vars} variables got a batch of shape {tuple(x.shape)}; "
+                f"pass samples as [n, {self.n_vars}]"
+            )
+        if x.shape[0] == 0:
+            return self
+        # Variable-major, so callers holding [v, n] blocks (x = block.T) pay no copy here.
+        per_var = rearrange(x.to(self.device), "n v -> v n")
+        width = self.bins + 3
+        slots = bin_slots(per_var, self.edges)
+        offset = torch.arange(self.n_vars, device=self.device) * width
+        ids = rearrange(slots + offset[:, None], "v n -> (v n)")
+        tally = rearrange(torch.bincount(ids, minlength=self.n_vars * width), "(v s) -> v s", v=self.n_vars)
+        self.under += tally[:, 0]
+        self.counts += tally[:, 1 : self.bins + 1]
+        self.over += tally[:, self.bins + 1]
+        self.nan += tally[:, self.bins + 2]
+        return self
+
+    def _check_compatible(self, other: Histogram) -> None:
+        if not isinstance(other, Histogram):
+            raise WorkbenchError(f"cannot merge a Histogram with a {type(other).__name__}")
+        if other.n_vars != self.n_vars:
+            raise WorkbenchError(
+                f"cannot merge a Histogram over {self.n_vars} variables with one over "
+                f"{other.n_vars}; merge only histograms of the same model layers"
+            )
+        if other.bins != self.bins or not torch.equal(other.edges.cpu(), self.edges.cpu()):
+            raise WorkbenchError(
+                f"cannot merge histograms with different edges ({self.bins} bins over "
+                f"[{float(self.edges[0])}, {float(self.edges[-1])}] vs {other.bins} bins over "
+                f"[{float(other.edges[0])}, {float(other.edges[-1])}]); rebuild one with the "
+                "other's edges (same --bins/--range/--symlog)"
+            )
+
+    def merge(self, other: Histogram) -> Histogram:
+        """Add another histogram's counts (same edges and variables)."""
+        self._check_compatible(other)
+        for name in ("counts", "under", "over", "nan"):
+            getattr(self, name).add_(getattr(other, name).to(self.device))
+        return self
+
+    def compute(self) -> dict[str, Tensor]:
+        return {**self.state_dict(), "n_samples": self.n_samples}
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {"edges": self.edges.clone(), "counts": self.counts.clone(),
+                "under": self.under.clone(), "over": self.over.clone(), "nan": self.nan.clone()}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> Histogram:
+        v, b = self.n_vars, self.bins
+        i64 = torch.int64
+        s = checked_state("Histogram", state, {
+            "edges": ((b + 1,), F64), "counts": ((v, b), i64), "under": ((v,), i64),
+            "over": ((v,), i64), "nan": ((v,), i64)}, self.device)
+        if not torch.equal(s["edges"], self.edges):
+            raise WorkbenchError("the saved histogram has different edges than this one; build the "
+                                 "Histogram with the saved edges (Histogram.from_state_dict)")
+        for name in ("counts", "under", "over", "nan"):
+            setattr(self, name, s[name])
+        return self
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Tensor],
+                        device: torch.device | str | None = None) -> Histogram:
+        if "edges" not in state or "counts" not in state:
+            raise WorkbenchError("not a Histogram state: needs 'edges' and 'counts'")
+        return cls(state["edges"], int(state["counts"].shape[0]), device).load_state_dict(state)
+
+    def to(self, device: torch.device | str) -> Histogram:
+        for name in ("edges", "counts", "under", "over", "nan"):
+            setattr(self, name, getattr(self, name).to(device))
+        return self
