@@ -96,7 +96,7 @@ class LensResult:
             raise WorkbenchError(f"layer {layer} out of range: the lens has {n} layers (0..{n - 1})")
         return layer % n
 
-    def label(self, token_id: int) -> str:
+    def label(self, token_id: int | Tensor) -> str:
         return self.token_strs.get(int(token_id), f"#{int(token_id)}")
 
     def predictions(self, position: int = -1, k: int | None = None,

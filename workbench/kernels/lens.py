@@ -53,7 +53,7 @@ class Unembed:
 
 
 def project(
-    resid: Float[Tensor, "*lead d_model"], unembed: Unembed, mode: Mode = "final_ln"
+    resid: Float[Tensor, "*lead d_model"], unembed: Unembed, mode: str = "final_ln"
 ) -> Float[Tensor, "*lead vocab"]:
     """Lens logits of residual vectors, in fp32 whatever the model's dtype.
 
@@ -141,7 +141,7 @@ def logit_lens(
     stack: Float[Tensor, "lens batch pos d_model"],
     unembed: Unembed,
     *,
-    mode: Mode = "final_ln",
+    mode: str = "final_ln",  # a Mode; checked with a clear ValueError
     k: int = 10,
     targets: Int[Tensor, "batch pos"] | None = None,
     watch: Int[Tensor, " w"] | None = None,
