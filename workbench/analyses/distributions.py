@@ -1,0 +1,216 @@
+"""Hidden-state distributions (seed 000) for a sentence or a whole dataset, in one streaming pass.
+
+1. ``r = analyze(model, windows)`` captures the L+1 residual states (``emb``, ``h.0``, ...) batch
+   by batch and feeds the accumulators; nothing grows with the dataset except a bounded sample.
+2. Each layer's activations over (token, dim) pairs form one variable (position 0 of each window
+   and padding excluded by default): ``r.covariance`` / ``r.r2`` are [L+1, L+1] between layers,
+   ``r.hist_counts`` the per-layer histograms over fixed edges, ``r.dim_*`` per residual dimension.
+3. ``r.figures()`` draws (via ``workbench.views.distributions``), ``r.save(out_dir)`` writes
+   ``distributions.safetensors`` + ``distributions.json`` (shared/DESIGN.md keys).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from einops import rearrange
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from workbench import artifacts
+from workbench.capture import layer_labels, resid_hooks, stream
+from workbench.data import Windows
+from workbench.errors import WorkbenchError
+from workbench.kernels.dimstats import DimStats
+from workbench.kernels.histogram import Histogram, linear_edges, symlog_edges
+from workbench.kernels.moments import Moments
+from workbench.kernels.sample import BottomK, permute_ids
+
+ARTIFACT = "distributions.safetensors"
+
+
+@dataclass
+class DistributionsResult:
+    """Tensors of one distributions pass (all on CPU) and the settings that produced them."""
+
+    labels: list[str]
+    covariance: Float[Tensor, "v v"]
+    r2: Float[Tensor, "v v"]
+    mean: Float[Tensor, " v"]
+    std: Float[Tensor, " v"]
+    n_samples: Int[Tensor, " v"]
+    hist_counts: Int[Tensor, "v b"]
+    hist_edges: Float[Tensor, " e"]
+    hist_under: Int[Tensor, " v"]
+    hist_over: Int[Tensor, " v"]
+    hist_nan: Int[Tensor, " v"]
+    dim_mean: Float[Tensor, "v d"]
+    dim_std: Float[Tensor, "v d"]
+    dim_maxabs: Float[Tensor, "v d"]
+    sample_values: Float[Tensor, "k v"]  # sampled (token, dim) pairs, smallest sampling key first
+    sample_ids: Int[Tensor, "k 3"]  # (window, position, dim) of each sampled pair
+    settings: dict = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
+    token_labels: list[str] | None = None  # token strings by position, for a single window
+
+    def layer_index(self, layer: int | str) -> int:
+        """Index of a layer given as a label (``"h.3"``, ``"emb"``) or an int (negative ok)."""
+        return layer_index(self.labels, layer)
+
+    def tensors(self) -> dict[str, Tensor]:
+        """The artifact's tensors: shared/DESIGN.md's keys first, then the extras."""
+        return {
+            "covariance": self.covariance, "r2": self.r2, "hist_counts": self.hist_counts,
+            "hist_edges": self.hist_edges, "hist_under": self.hist_under,
+            "hist_over": self.hist_over, "n_samples": self.n_samples,
+            "hist_nan": self.hist_nan, "mean": self.mean, "std": self.std,
+            "dim_mean": self.dim_mean, "dim_std": self.dim_std, "dim_maxabs": self.dim_maxabs,
+            "sample_values": self.sample_values, "sample_ids": self.sample_ids,
+        }
+
+    def figures(self) -> dict:
+        from workbench.views.distributions import figures
+
+        return figures(self)
+
+    def save(self, out_dir: str | Path) -> Path:
+        meta = {**self.meta, "labels": self.labels, "settings": self.settings,
+                "token_labels": self.token_labels}
+        return artifacts.save(Path(out_dir) / ARTIFACT, self.tensors(), meta)
+
+    @classmethod
+    def load(cls, path: str | Path) -> DistributionsResult:
+        """Read back an artifact written by ``save`` (a file, or the folder holding it)."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / ARTIFACT
+        t, meta = artifacts.load(path)
+        missing = [k for k in ("covariance", "r2", "hist_counts", "sample_values") if k not in t]
+        if missing:
+            raise WorkbenchError(f"{path} is not a distributions artifact (no {missing})")
+        settings = meta.pop("settings", {})
+        labels = meta.pop("labels", [f"v{i}" for i in range(t["r2"].shape[0])])
+        token_labels = meta.pop("token_labels", None)
+        return cls(labels=labels, settings=settings, meta=meta, token_labels=token_labels,
+                   **{k: t[k] for k in cls.__dataclass_fields__ if k in t})
+
+
+def layer_index(labels: list[str], layer: int | str) -> int:
+    if isinstance(layer, str):
+        if layer not in labels:
+            raise WorkbenchError(f"unknown layer {layer!r}; use one of {labels}")
+        return labels.index(layer)
+    if not -len(labels) <= layer < len(labels):
+        raise WorkbenchError(f"layer {layer} out of range: this model has {len(labels)} hidden "
+                             f"states {labels} (indices 0..{len(labels) - 1}, or negative)")
+    return layer % len(labels)
+
+
+def make_edges(bins: int = 300, value_range: tuple[float, float] = (-15.0, 15.0),
+               symlog: float | None = None) -> Tensor:
+    """The seed's ``linspace(-15, 15, 301)`` by default; ``symlog=T``: symmetric-log edges over
+    ``[-max|range|, max|range|]``, linear within ±T."""
+    lo, hi = value_range
+    if symlog is not None:
+        return symlog_edges(max(abs(lo), abs(hi)), bins, symlog)
+    return linear_edges(lo, hi, bins)
+
+
+def _selected(batch, hooks: list[str], skip_first: bool) -> tuple[Tensor, Tensor]:
+    """[v, t, d] activations of the kept positions, and their flat (row, position) indices."""
+    keep = batch.mask.clone()
+    if skip_first:
+        keep[:, 0] = False
+    flat = rearrange(keep, "b p -> (b p)").nonzero().flatten()
+    first = batch.acts[hooks[0]]
+    block = torch.empty(len(hooks), flat.numel(), first.shape[-1], dtype=first.dtype,
+                        device=first.device)
+    for v, hook in enumerate(hooks):
+        torch.index_select(rearrange(batch.acts[hook], "b p d -> (b p) d"), 0, flat, out=block[v])
+    return block, flat
+
+
+def analyze(
+    model,
+    windows: Windows,
+    *,
+    batch_size: int = 8,
+    progress: bool = True,
+    skip_first: bool = True,
+    bins: int = 300,
+    value_range: tuple[float, float] = (-15.0, 15.0),
+    symlog: float | None = None,
+    sample: int = 1000,
+    scatter_points: int = 10000,
+    layer: int | str = -1,
+    pair_layers: tuple[int | str, ...] | None = None,
+    seed: int = 0,
+) -> DistributionsResult:
+    """One pass over ``windows``; see the module docstring.
+
+    ``sample`` (pairplot) and ``scatter_points`` (scatter by dimension / token of ``layer``) are
+    sizes of one deterministic uniform sample of (token, dim) pairs, keyed by ``seed``: the same
+    whatever the batch size or device. ``layer`` and ``pair_layers`` (default: the first four)
+    only choose what is drawn.
+    """
+    hooks = resid_hooks(model)
+    labels = layer_labels(model)
+    pair_layers = tuple(range(min(4, len(labels)))) if pair_layers is None else tuple(pair_layers)
+    for chosen in (layer, *pair_layers):
+        layer_index(labels, chosen)
+    if sample < 0 or scatter_points < 0:
+        raise WorkbenchError(f"sample sizes must be >= 0 (got {sample}, {scatter_points})")
+    n_vars, d = len(hooks), int(model.cfg.d_model)
+    device = next(model.parameters()).device
+    edges = make_edges(bins, value_range, symlog)
+    moments = Moments(n_vars, device)
+    hist = Histogram(edges, n_vars, device)
+    dims = DimStats(n_vars, d, device)
+    picked = BottomK(max(sample, scatter_points), n_vars, n_ids=3, device=device)
+    width = windows.tokens.shape[1]
+    dim_ids = torch.arange(d, device=device)
+    for batch in stream(model, windows, hooks, batch_size=batch_size, progress=progress,
+                        desc="distributions"):
+        block, flat = _selected(batch, hooks, skip_first)
+        if flat.numel() == 0:
+            continue
+        samples = rearrange(block, "v t d -> (t d) v")  # a view: block stays variable-major
+        moments.update(samples)
+        hist.update(samples)
+        dims.update(rearrange(block, "v t d -> t v d"))
+        window = batch.index.to(device)[flat // batch.mask.shape[1]]
+        position = flat % batch.mask.shape[1]
+        # Ids do not depend on batching: global window index and position, then the dimension.
+        ids = rearrange((window * width + position)[:, None] * d + dim_ids, "t d -> (t d)")
+        keys = permute_ids(ids, seed)
+        pos = picked.candidates(keys)
+        if pos.numel():
+            t_idx, d_idx = pos // d, pos % d
+            picked.update(keys[pos], samples[pos],
+                          torch.stack([window[t_idx], position[t_idx], d_idx], dim=1))
+    if int(moments.count) == 0:
+        raise WorkbenchError("no positions left to analyse: every window has only its first "
+                             "position; give longer text or keep it (skip_first=False)")
+    settings = {"skip_first": skip_first, "bins": bins, "value_range": list(value_range),
+                "symlog": symlog, "sample": sample, "scatter_points": scatter_points,
+                "layer": layer, "pair_layers": list(pair_layers), "seed": seed,
+                "batch_size": batch_size}
+    token_labels = None
+    if len(windows) == 1:
+        token_labels = model.tokenizer.convert_ids_to_tokens(
+            windows.tokens[0][windows.mask[0]].tolist())
+    cpu = "cpu"
+    h = hist.to(cpu)
+    result = DistributionsResult(
+        labels=labels,
+        covariance=moments.to(cpu).cov(), r2=moments.r2(), mean=moments.mean.clone(),
+        std=moments.std(), n_samples=torch.full((n_vars,), int(moments.count), dtype=torch.int64),
+        hist_counts=h.counts, hist_edges=h.edges, hist_under=h.under, hist_over=h.over,
+        hist_nan=h.nan, dim_mean=dims.to(cpu).mean, dim_std=dims.std(), dim_maxabs=dims.maxabs,
+        sample_values=picked.to(cpu).values, sample_ids=picked.ids,
+        settings=settings, meta=artifacts.run_metadata(model, windows, **settings),
+        token_labels=token_labels,
+    )
+    return result

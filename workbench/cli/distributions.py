@@ -1,0 +1,66 @@
+"""``workbench distributions``: hidden-state covariance / R², histograms, scatter and pairplot."""
+
+from __future__ import annotations
+
+import argparse
+
+from workbench.cli.common import add_input_args, load_inputs
+
+
+def _layer(text: str) -> int | str:
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "distributions",
+        help="hidden-state distributions: layer covariance / R², histograms, scatter, pairplot",
+        description="One streaming pass over the input: covariance and R² between the L+1 hidden "
+        "states (each layer's (token, dim) activations as one variable), per-layer histograms, "
+        "per-dimension stats and a deterministic sample for scatter plots and the pairplot. "
+        "Writes distributions.safetensors, distributions.json and distributions.html to --out.",
+    )
+    add_input_args(p)
+    p.add_argument("--keep-first", dest="skip_first", action="store_false",
+                   help="keep position 0 of each window (excluded by default, as in the seed)")
+    p.add_argument("--bins", type=int, default=300, help="histogram bins (default 300)")
+    p.add_argument("--range", dest="value_range", type=float, nargs=2, default=(-15.0, 15.0),
+                   metavar=("LO", "HI"), help="histogram range (default -15 15)")
+    p.add_argument("--symlog", type=float, default=None, metavar="T",
+                   help="symmetric-log bins, linear within ±T (for heavy tails)")
+    p.add_argument("--layer", type=_layer, default=-1,
+                   help="layer for the scatter plots: index or label (emb, h.0, ...; default last)")
+    p.add_argument("--pair-layers", type=_layer, nargs="+", default=None,
+                   help="layers of the pairplot (default the first four)")
+    p.add_argument("--sample", type=int, default=1000, help="pairplot points (default 1000)")
+    p.add_argument("--scatter-points", type=int, default=10000,
+                   help="scatter plot points (default 10000)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from workbench.analyses.distributions import analyze
+    from workbench.views.distributions import section
+    from workbench.views.html import Page
+
+    model, windows = load_inputs(args)
+    result = analyze(
+        model, windows, batch_size=args.batch_size, progress=not args.quiet,
+        skip_first=args.skip_first, bins=args.bins, value_range=tuple(args.value_range),
+        symlog=args.symlog, sample=args.sample, scatter_points=args.scatter_points,
+        layer=args.layer, pair_layers=args.pair_layers, seed=args.seed,
+    )
+    artifact = result.save(args.out)
+    data = windows.metadata()
+    page = Page("Hidden-state distributions", header={
+        "model": model.cfg.model_name, "source": data["source"],
+        "windows": data["n_windows"], "tokens": data["n_tokens"],
+        "samples per layer": int(result.n_samples[0]),
+    }).add(section(result))
+    html_path = page.write(args.out / "distributions.html")
+    print(f"wrote {artifact}\nwrote {artifact.with_suffix('.json')}\nwrote {html_path}")
+    return 0
