@@ -1,0 +1,340 @@
+"""Data-parallel builds on ``torch.distributed``: shard the windows by rank, reduce accumulators.
+
+1. ``ctx = DistContext.from_env()``: under ``torchrun`` (``WORLD_SIZE > 1``) this joins the
+   process group (gloo on CPU, nccl on CUDA); otherwise it is the one-process context.
+2. ``mine = ctx.shard(windows)``: rank r of n takes the r-th of n contiguous, disjoint, covering
+   slices (``Windows.shard``), the same slices ``--shard r/n`` builds offline.
+3. Run the analysis on ``mine``, then ``ctx.reduce(acc)`` for each accumulator: afterwards every
+   rank holds the accumulator of the whole data set. Rank 0 writes (``ctx.is_main``).
+4. ``with ctx.guard("amap build"):`` around the rank's work turns a dead or failing rank into a
+   ``RankFailedError`` on the others that names it, before anything is written.
+
+How a state reduces is declared once, by the accumulator class (``REDUCE``, see
+``workbench/kernels/state.py``): ``"sum"`` / ``"max"`` / ``"min"`` states are all-reduced
+elementwise (float sums in fp64, whatever they are stored in, so the order ranks add in costs
+nothing), and ``"merge"`` states (Chan moments, bottom-k samples) are all-gathered as tensors and
+folded in rank order with the class's own ``merge``: the same code that merges shard files
+offline. Nothing is pickled: ``all_gather_object`` would pickle in transit.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from workbench.errors import WorkbenchError
+
+ELEMENTWISE = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
+DEFAULT_TIMEOUT_S = 1800  # a collective waits this long for a hung (not dead) rank
+_DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.int32,
+           torch.int16, torch.int8, torch.uint8, torch.bool]
+_MAX_NDIM = 6
+_KEY = "workbench"
+
+
+class RankFailedError(WorkbenchError):
+    """Another rank died or failed; this rank stops without writing anything."""
+
+
+@dataclass
+class DistContext:
+    """Where this process sits in a data-parallel job: ``rank`` of ``world``.
+
+    >>> ctx = DistContext.from_env()  # outside torchrun: rank 0 of 1
+    >>> ctx.world, ctx.is_main
+    (1, True)
+    """
+
+    rank: int = 0
+    world: int = 1
+    backend: str | None = None
+    device: torch.device = torch.device("cpu")  # where collectives run: cuda:LOCAL_RANK for nccl
+    owns_group: bool = False  # True when from_env initialised the group (and so tears it down)
+    step: int = 0  # reduces entered so far: names this rank's "reached" marks in the store
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def __str__(self) -> str:
+        return f"rank {self.rank} of {self.world}" + (f" ({self.backend})" if self.backend else "")
+
+    @classmethod
+    def from_env(cls, device: str | torch.device | None = None,
+                 timeout_s: float | None = None) -> DistContext:
+        """The context of this process: an initialised group, torchrun's env, or one process.
+
+        ``device``: the model's device; ``cuda`` picks nccl (on ``cuda:LOCAL_RANK``), anything
+        else gloo. ``timeout_s`` (default ``$WORKBENCH_DIST_TIMEOUT_S`` or 1800) bounds how long
+        a collective waits for a rank that hangs; a rank that dies is noticed at once on gloo.
+        """
+        if dist.is_available() and dist.is_initialized():
+            backend = dist.get_backend()
+            dev = _comm_device(backend)
+            return cls(dist.get_rank(), dist.get_world_size(), backend, dev, owns_group=False)
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls()
+        if "RANK" not in os.environ or "MASTER_ADDR" not in os.environ:
+            raise WorkbenchError(
+                f"WORLD_SIZE={world} but RANK/MASTER_ADDR are not set; launch with "
+                "`torchrun --nproc-per-node N -m workbench ...` (it sets them)")
+        if not dist.is_available():
+            raise WorkbenchError("this torch build has no torch.distributed; run one process")
+        wants_cuda = device is not None and torch.device(device).type == "cuda"
+        backend = "nccl" if wants_cuda else "gloo"
+        if wants_cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        seconds = timeout_s or float(os.environ.get("WORKBENCH_DIST_TIMEOUT_S", DEFAULT_TIMEOUT_S))
+        try:
+            dist.init_process_group(backend, timeout=timedelta(seconds=seconds))
+        except Exception as exc:  # rendezvous errors come in many types; all mean the same
+            raise WorkbenchError(
+                f"could not join the process group ({backend}, rank {os.environ['RANK']} of "
+                f"{world}, master {os.environ['MASTER_ADDR']}:{os.environ.get('MASTER_PORT')}): "
+                f"{exc}; check --master-addr/--master-port and that every node can reach it"
+            ) from exc
+        ctx = cls(dist.get_rank(), world, backend, _comm_device(backend), owns_group=True)
+        _stop_on_sigterm(ctx)
+        return ctx
+
+    # --- work splitting ---------------------------------------------------------------------
+
+    def shard(self, windows):
+        """This rank's contiguous slice of ``windows`` (the whole of it in one process)."""
+        return windows.shard(self.rank, self.world) if self.is_distributed else windows
+
+    # --- reducing ---------------------------------------------------------------------------
+
+    def reduce(self, acc: Any) -> Any:
+        """``acc`` (in place where possible) folded with every rank's copy; see the module doc."""
+        if not self.is_distributed:
+            return acc
+        _test_hook_die(self, "reduce")
+        self.step += 1
+        self._mark(f"reached/{self.step}")
+        spec: dict[str, str] = dict(acc.REDUCE)  # a class attribute, or a property (Amap's modes)
+        state = acc.state_dict()
+        if set(state) != set(spec):
+            raise WorkbenchError(f"{type(acc).__name__}.REDUCE names {sorted(spec)} but its "
+                                 f"state_dict has {sorted(state)}; declare every state once")
+        names = sorted(spec)
+        shapes = self._gather_meta(type(acc).__name__, names, state, spec)
+        reduced = {}
+        for name in names:
+            if spec[name] in ELEMENTWISE:
+                reduced[name] = self._all_reduce(state[name], ELEMENTWISE[spec[name]])
+        merge_names = [n for n in names if spec[n] == "merge"]
+        if not merge_names:
+            return acc.load_state_dict(reduced)
+        gathered = {n: self._all_gather(state[n], shapes[n]) for n in merge_names}
+        # Fold in rank order with the class's own merge, so the result is what an offline merge
+        # of the shard files gives. Elementwise states are already reduced: rank 0's copy carries
+        # the result, the others carry the identity of their op so merge adds nothing twice.
+        out = None
+        for r in range(self.world):
+            part = {n: gathered[n][r] for n in merge_names}
+            for n in names:
+                if spec[n] in ELEMENTWISE:
+                    part[n] = reduced[n] if r == 0 else _identity(reduced[n], spec[n])
+            one = copy.deepcopy(acc) if out is not None else acc
+            one.load_state_dict(part)
+            out = one if out is None else out.merge(one)
+        return out
+
+    def reduce_all(self, accs: dict[str, Any]) -> dict[str, Any]:
+        """``reduce`` each accumulator, in sorted-name order on every rank (collectives pair up)."""
+        return {k: self.reduce(accs[k]) for k in sorted(accs)}
+
+    def _all_reduce(self, t: torch.Tensor, op) -> torch.Tensor:
+        wide = torch.float64 if t.is_floating_point() else t.dtype
+        buf = t.detach().to(self.device, wide)  # t is a state_dict() copy: reducing in place is fine
+        if buf.dtype == torch.bool:
+            buf = buf.to(torch.uint8)
+        self._collective(lambda: dist.all_reduce(buf, op=op))
+        return buf.to(t.device, t.dtype)
+
+    def _all_gather(self, t: torch.Tensor, shapes: list[tuple[int, ...]]) -> list[torch.Tensor]:
+        """Every rank's ``t`` (shapes may differ, e.g. bottom-k samples not yet full)."""
+        wire = torch.uint8 if t.dtype == torch.bool else t.dtype
+        numel = [int(torch.tensor(s, dtype=torch.int64).prod()) for s in shapes]
+        width = max(max(numel), 1)
+        buf = torch.zeros(width, dtype=wire, device=self.device)
+        buf[: t.numel()] = t.detach().reshape(-1).to(self.device, wire)
+        parts = [torch.empty_like(buf) for _ in range(self.world)]
+        self._collective(lambda: dist.all_gather(parts, buf))
+        return [p[:n].reshape(s).to(t.device, t.dtype) for p, n, s in zip(parts, numel, shapes, strict=True)]
+
+    def _gather_meta(self, owner: str, names: list[str], state: dict[str, torch.Tensor],
+                     spec: dict[str, str]) -> dict[str, list[tuple[int, ...]]]:
+        """Every rank's state shapes and dtypes; the same error on every rank when they clash.
+
+        Gloo would hang or crash on mismatched collectives, so they are checked first.
+        """
+        meta = torch.full((len(names), 2 + _MAX_NDIM), -1, dtype=torch.int64)
+        for i, n in enumerate(names):
+            t = state[n]
+            if t.ndim > _MAX_NDIM or t.dtype not in _DTYPES:
+                raise WorkbenchError(f"{owner} state {n!r} ({t.dtype}, {t.ndim}-d) cannot be reduced")
+            meta[i, 0], meta[i, 1] = _DTYPES.index(t.dtype), t.ndim
+            meta[i, 2 : 2 + t.ndim] = torch.tensor(t.shape, dtype=torch.int64)
+        parts = [torch.empty_like(meta) for _ in range(self.world)]
+        self._collective(lambda: dist.all_gather(parts, meta.to(self.device)))
+        parts = [p.cpu() for p in parts]
+        shapes: dict[str, list[tuple[int, ...]]] = {}
+        for i, n in enumerate(names):
+            rows = [p[i] for p in parts]
+            shapes[n] = [tuple(int(x) for x in row[2 : 2 + int(row[1])]) for row in rows]
+            if any(int(row[0]) != int(rows[0][0]) for row in rows) or (
+                    spec[n] in ELEMENTWISE and len(set(shapes[n])) > 1):
+                desc = ", ".join(f"rank {r}: {s} {_DTYPES[int(row[0])]}"
+                                 for r, (s, row) in enumerate(zip(shapes[n], rows, strict=True)))
+                raise WorkbenchError(
+                    f"{owner} state {n!r} differs across ranks ({desc}): every rank must build "
+                    "the same accumulator (same model, layers and settings)")
+        return shapes
+
+    # --- failures ---------------------------------------------------------------------------
+
+    def _collective(self, call) -> None:
+        """Run a collective; a peer that died or failed becomes a ``RankFailedError`` naming it."""
+        try:
+            call()
+        except RankFailedError:
+            raise
+        except Exception as exc:  # gloo/nccl raise RuntimeError or DistBackendError subclasses
+            raise RankFailedError(self._diagnose(exc)) from exc
+
+    def _diagnose(self, exc: BaseException | None) -> str:
+        failed = self._marks("failed")
+        if failed:
+            who = "; ".join(f"rank {r} failed: {msg}" for r, msg in failed.items())
+        else:
+            # A rank killed outright reports nothing: name the ranks that never reached this reduce.
+            reached = self._marks(f"reached/{self.step}") if self.step else {}
+            missing = [r for r in range(self.world) if r != self.rank and r not in reached]
+            peers = missing or [r for r in range(self.world) if r != self.rank]
+            who = (f"rank {peers[0]}" if len(peers) == 1 else f"ranks {peers}") + \
+                " died or was killed (no error reported)"
+        why = ""
+        if exc is not None and str(exc).strip():
+            why = f" ({str(exc).strip().splitlines()[0]})"
+        return (f"{self}: {who}; stopping without writing anything{why}. Fix that rank and "
+                "rerun the same command (add --resume where supported to continue)")
+
+    def _marks(self, kind: str) -> dict[int, str]:
+        """Ranks that left a ``kind`` mark in the rendezvous store, with its text."""
+        store = _store()
+        out: dict[int, str] = {}
+        if store is None:
+            return out
+        for r in range(self.world):
+            key = f"{_KEY}/{kind}/{r}"
+            try:
+                if store.check([key]):
+                    out[r] = store.get(key).decode("utf-8", "replace")
+            except Exception:  # the store's host may be the rank that died
+                break
+        return out
+
+    def _mark(self, kind: str, text: str = "1") -> None:
+        store = _store()
+        if store is not None:
+            try:
+                store.set(f"{_KEY}/{kind}/{self.rank}", text[:2000])
+            except Exception:  # best effort: the others still see the dropped connection
+                pass
+
+    @contextmanager
+    def guard(self, what: str) -> Iterator[DistContext]:
+        """Run this rank's part of ``what``; on failure, tell the other ranks why, then re-raise."""
+        try:
+            yield self
+        except RankFailedError:
+            raise
+        except BaseException as exc:
+            if self.is_distributed:
+                self._mark("failed", f"{what}: {type(exc).__name__}: {exc}")
+            raise
+
+    def barrier(self) -> None:
+        if self.is_distributed:
+            self._collective(dist.barrier)
+
+    def close(self) -> None:
+        """Leave the group if ``from_env`` joined it (lets torchrun exit cleanly)."""
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+            self.owns_group = False
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/n"`` → ``(i, n)`` with ``0 <= i < n``.
+
+    >>> parse_shard("1/4")
+    (1, 4)
+    """
+    try:
+        i, n = (int(x) for x in text.strip().split("/"))
+    except ValueError:
+        raise WorkbenchError(f"--shard takes i/n (e.g. 0/4 for the first of 4), got {text!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise WorkbenchError(f"--shard {text}: need 0 <= i < n (shards are numbered from 0)")
+    return i, n
+
+
+def _comm_device(backend: str) -> torch.device:
+    if backend == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _identity(t: torch.Tensor, op: str) -> torch.Tensor:
+    if op == "sum":
+        return torch.zeros_like(t)
+    if t.dtype == torch.bool:
+        return torch.full_like(t, op == "min")
+    big = torch.finfo(t.dtype).max if t.is_floating_point() else torch.iinfo(t.dtype).max
+    return torch.full_like(t, -big if op == "max" else big)
+
+
+def _store():
+    try:
+        return dist.distributed_c10d._get_default_store()
+    except Exception:
+        return None
+
+
+def _stop_on_sigterm(ctx: DistContext) -> None:
+    """torchrun SIGTERMs every worker when one fails: unwind with an error that names it."""
+
+    def handler(signum, frame):
+        raise RankFailedError(ctx._diagnose(None) + " [stopped by torchrun]")
+
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: keep the default
+        pass
+
+
+def _test_hook_die(ctx: DistContext, where: str) -> None:
+    """Tests: ``WORKBENCH_TEST_DIE_RANK=r`` makes rank r exit abruptly (no cleanup) at ``where``."""
+    die = os.environ.get("WORKBENCH_TEST_DIE_RANK")
+    if die is not None and int(die) == ctx.rank and os.environ.get(
+            "WORKBENCH_TEST_DIE_AT", "reduce") == where:
+        print(f"test hook: rank {ctx.rank} exits abruptly at {where}", file=sys.stderr, flush=True)
+        os._exit(3)
