@@ -1,0 +1,330 @@
+"""Neuron AMAPs over a dataset (SYSIF): each MLP neuron's mean activation per token, resumable.
+
+>>> w = load_windows(model, dataset="wordnet-glosses", window=15, stride=15, bos=False)  # doctest: +SKIP
+>>> r = build(model, w, "out/amap", modes=("input", "output"), positions=True)         # doctest: +SKIP
+>>> r.top_tokens(layer=2, neuron=17, k=5)        # tokens whose input mean is highest  # doctest: +SKIP
+>>> r.contexts[0]                                # a unit's max-activating windows      # doctest: +SKIP
+
+DESIGN.md semantics: layer l, neuron i (``blocks.{l}.mlp.hook_post``), key t: mean activation over
+every real position whose key is t (``input``: the token there; ``output``: the model's argmax
+prediction there; ``[POS_k]``: window position k, when positions are on). Sums and int64 counts
+are stored; an unseen key has count 0 and mean NaN. SYSIF's defaults: window 15, stride 15, no BOS.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
+
+from workbench import artifacts, capture
+from workbench.analyses import amap_checkpoint as ckpt
+from workbench.data import Windows
+from workbench.errors import WorkbenchError
+from workbench.kernels.amap import SUM_DTYPES, Amap, check_fits, estimate_bytes
+from workbench.kernels.top_windows import TopWindows
+
+ARTIFACT = "amap.safetensors"
+CONTEXTS = "amap_contexts.json"
+BUILD_INFO = "amap_build.json"  # timings live apart: amap.safetensors must not change run to run
+
+
+class BuildInterrupted(WorkbenchError):
+    """The build stopped early on purpose (``max_batches``); a checkpoint may be resumed."""
+
+
+@dataclass
+class AmapResult:
+    """The accumulators of a build, the labels of their keys, and the build's settings."""
+
+    amap: Amap
+    top: TopWindows | None
+    layers: list[int]  # model layer of each row of the sums
+    key_strs: list[str]  # label of each key id: decoded tokens, then [POS_k]
+    n_windows: int
+    meta: dict
+    invariants: dict[str, bool] = field(default_factory=dict)
+    contexts: list[dict] = field(default_factory=list)
+    throughput: dict = field(default_factory=dict)
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        return self.amap.modes
+
+    def _row(self, layer: int) -> int:
+        if layer not in self.layers:
+            raise WorkbenchError(f"layer {layer} is not in this AMAP; it holds layers {self.layers}")
+        return self.layers.index(layer)
+
+    def _mode(self, mode: str) -> str:
+        if mode not in self.modes:
+            raise WorkbenchError(f"mode {mode!r} was not built; this AMAP has {list(self.modes)}")
+        return mode
+
+    def means(self, mode: str = "input") -> Float[Tensor, "layer key mlp"]:
+        """Mean activation per (layer, key, neuron); NaN where the key was never seen."""
+        return self.amap.compute()[f"mean.{self._mode(mode)}"]
+
+    def counts(self, mode: str = "input") -> Tensor:
+        return self.amap.counts[self._mode(mode)]
+
+    def dead_units(self, threshold: float = 0.0) -> Bool[Tensor, "layer mlp"]:
+        """Units whose largest activation over the whole dataset is <= ``threshold``."""
+        return self.amap.act_max <= threshold
+
+    def top_tokens(self, layer: int, neuron: int, mode: str = "input", k: int = 10,
+                   min_count: int = 1, positions: bool = False) -> list[dict]:
+        """The ``k`` tokens with the highest mean for one unit, among those seen ``min_count``+
+        times (``positions=True`` also ranks the ``[POS_k]`` pseudo-tokens)."""
+        row = self._row(layer)
+        if not 0 <= neuron < self.amap.d_mlp:
+            raise WorkbenchError(f"neuron {neuron} out of range 0..{self.amap.d_mlp - 1}")
+        mean = self.means(mode)[row, :, neuron]
+        count = self.counts(mode).clone()
+        if not positions:
+            count[self.amap.d_vocab :] = 0
+        score = torch.where(count >= min_count, mean, torch.tensor(-torch.inf, dtype=mean.dtype))
+        vals, ids = score.topk(min(k, int((count >= min_count).sum())))
+        return [{"id": int(i), "token": self.key_strs[int(i)], "mean": float(v),
+                 "count": int(count[i])} for v, i in zip(vals, ids, strict=True)]
+
+    def tensors(self) -> dict[str, Tensor]:
+        out = dict(self.amap.state_dict())
+        out["layers"] = torch.tensor(self.layers, dtype=torch.long)
+        if self.top is not None:
+            out |= {f"top.{k}": v for k, v in self.top.state_dict().items()}
+        return out
+
+    def figures(self) -> dict:
+        from workbench.views import amap as view
+
+        return view.figures(self)
+
+    def save(self, out_dir: str | Path) -> Path:
+        out_dir = Path(out_dir)
+        path = artifacts.save(out_dir / ARTIFACT, self.tensors(), self.meta)
+        if self.contexts:
+            artifacts.write_json(out_dir / CONTEXTS, self.contexts)
+        if self.throughput:
+            artifacts.write_json(out_dir / BUILD_INFO, self.throughput)
+        return path
+
+
+def load(path: str | Path) -> AmapResult:
+    """An ``AmapResult`` from an AMAP folder (or its ``amap.safetensors``)."""
+    path = Path(path)
+    file = path / ARTIFACT if path.is_dir() else path
+    if not file.exists():
+        raise WorkbenchError(f"no AMAP at {path}: expected {file} (written by `workbench amap build`)")
+    tensors, meta = artifacts.load(file)
+    if "amap" not in meta:
+        raise WorkbenchError(f"{file} is not an AMAP artifact (no 'amap' metadata)")
+    info = meta["amap"]
+    amap = Amap.from_state(tensors, info["n_positions"])
+    top = None
+    if "top.values" in tensors:
+        v = tensors["top.values"]
+        top = TopWindows(v.shape[0], v.shape[1], v.shape[2]).load_state_dict(
+            {k: tensors[f"top.{k}"] for k in ("values", "windows", "positions")})
+    ctx_file = file.parent / CONTEXTS
+    contexts = json.loads(ctx_file.read_text()) if ctx_file.exists() else []
+    result = AmapResult(amap, top, tensors["layers"].tolist(), info["key_strs"], info["n_windows"],
+                        meta, contexts=contexts)
+    result.invariants = amap.invariants(result.n_windows)
+    return result
+
+
+def key_labels(tokenizer, d_vocab: int, n_positions: int) -> list[str]:
+    """Decoded text of every token id (``[ID_i]`` past the tokenizer), then ``[POS_k]``."""
+    n = min(d_vocab, len(tokenizer)) if tokenizer is not None else 0
+    labels = tokenizer.batch_decode([[i] for i in range(n)]) if n else []
+    labels += [f"[ID_{i}]" for i in range(n, d_vocab)]
+    return labels + [f"[POS_{k}]" for k in range(n_positions)]
+
+
+def check_model(model, modes) -> None:
+    hooks = capture.mlp_hooks(model)
+    if getattr(model.cfg, "attn_only", False) or any(h not in model.hook_dict for h in hooks):
+        raise WorkbenchError(
+            f"{model.cfg.model_name} has no MLP neurons (no blocks.l.mlp.hook_post; attention-only?)"
+            ": an AMAP needs MLP layers; use a model with MLPs (tiny-gloss-lm, random-tiny, gpt2)"
+        )
+    if "output" in modes and capture.is_encoder(model):
+        raise WorkbenchError(
+            f"{model.cfg.model_name} is an encoder: it predicts masked tokens, not next tokens, so "
+            "`output` mode has no meaning for it; use --modes input"
+        )
+
+
+def check_windows(windows: Windows) -> None:
+    """Refuse data that holds no full window (SYSIF would build nothing from it)."""
+    n_special = windows.tokens.shape[1] - windows.window
+    text = windows.mask.sum(1) - n_special
+    if int(text.max()) >= windows.window:
+        return
+    raise WorkbenchError(
+        f"the data ({windows.source}) has {int(text.sum())} tokens in {windows.n_documents} "
+        f"document(s), the longest {int(text.max())}: no full window of {windows.window} tokens; "
+        f"give more text or a smaller window (--window {max(1, int(text.max()))})"
+    )
+
+
+def resolve_layers(model, layers) -> list[int]:
+    n = int(model.cfg.n_layers)
+    if layers is None:
+        return list(range(n))
+    out = sorted({int(layer) for layer in layers})
+    if not out or out[0] < 0 or out[-1] >= n:
+        raise WorkbenchError(f"layers {list(layers)} out of range: the model has layers 0..{n - 1}")
+    return out
+
+
+def analyze(
+    model,
+    windows: Windows,
+    *,
+    batch_size: int = 8,
+    progress: bool = True,
+    modes: tuple[str, ...] | list[str] = ("input", "output"),
+    positions: bool = False,
+    layers: list[int] | None = None,
+    sum_dtype: str = "float32",
+    sum_device: str | None = None,
+    top_k: int = 8,
+    context_units: int = 2,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int = 50,
+    resume: bool = False,
+    max_batches: int | None = None,
+    memory_limit: int | None = None,
+    window_offset: int = 0,
+) -> AmapResult:
+    """Build the AMAP of ``windows``.
+
+    ``checkpoint_dir`` + ``checkpoint_every``: save the states every N batches; ``resume``
+    continues from the checkpoint there (same command and batch size). ``max_batches`` stops
+    (raising ``BuildInterrupted``) after that many batches of this run, as a kill would.
+    ``context_units``: per layer, how many units (largest max activation) get their top-``top_k``
+    windows read out with per-token activations. ``window_offset``: added to window ids (shards).
+    """
+    modes = tuple(modes)
+    check_model(model, modes)
+    check_windows(windows)
+    if sum_dtype not in SUM_DTYPES:
+        raise WorkbenchError(f"sum dtype {sum_dtype!r}: use one of {', '.join(SUM_DTYPES)}")
+    if top_k < 1 or checkpoint_every < 1:
+        raise WorkbenchError("top_k and checkpoint_every must be >= 1")
+    layers = resolve_layers(model, layers)
+    hooks = capture.mlp_hooks(model, layers)
+    n_pos = int(windows.tokens.shape[1]) if positions else 0
+    d_vocab, d_mlp = int(model.cfg.d_vocab), int(model.cfg.d_mlp)
+    device = torch.device(sum_device) if sum_device else next(model.parameters()).device
+    dtype = SUM_DTYPES[sum_dtype]
+    check_fits(estimate_bytes(len(layers), d_vocab + n_pos, d_mlp, len(modes), dtype), device,
+               memory_limit)
+    settings = {"modes": list(modes), "positions": positions, "n_positions": n_pos,
+                "layers": layers, "sum_dtype": sum_dtype, "top_k": top_k}
+    meta = artifacts.run_metadata(model, windows, **settings)
+    compat = ckpt.fingerprint({k: meta[k] for k in ("model", "weights_sha256_16", "tokenizer",
+                                                    "tokenizer_vocab")} | settings)
+    fp = ckpt.fingerprint({"compat": compat, "data": meta["data"], "batch_size": batch_size,
+                           "window_offset": window_offset, "context_units": context_units})
+    amap = Amap(len(layers), d_vocab, d_mlp, modes, n_pos, dtype, device)
+    top = TopWindows(len(layers), d_mlp, top_k, device)
+    start, done = 0, 0
+    if checkpoint_dir is not None and ckpt.exists(checkpoint_dir):
+        if not resume:
+            raise WorkbenchError(
+                f"{checkpoint_dir} holds a partial build ({ckpt.TENSORS}); pass --resume to "
+                f"continue it, or delete {Path(checkpoint_dir) / ckpt.TENSORS} to start over"
+            )
+        state, info = ckpt.load(checkpoint_dir, fp, batch_size)
+        amap.load_state_dict({k: v for k, v in state.items() if not k.startswith("top.")})
+        top.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("top.")})
+        start, done = info["next_window"], info["batches"]
+    stats = capture.Throughput()
+    this_run = 0
+    for batch in capture.stream(model, windows, hooks, batch_size, need_logits="output" in modes,
+                                progress=progress, desc="amap", start=start, stats=stats):
+        with torch.inference_mode():
+            acts = torch.stack([batch.acts[h] for h in hooks])
+            keys = {"input": batch.tokens}
+            if "output" in modes:
+                keys["output"] = batch.logits.argmax(-1)
+            amap.update(acts, batch.mask, {m: keys[m] for m in modes})
+            top.update(acts, batch.mask, batch.index + window_offset)
+        done += 1
+        this_run += 1
+        if checkpoint_dir is not None and done % checkpoint_every == 0:
+            state = amap.state_dict() | {f"top.{k}": v for k, v in top.state_dict().items()}
+            ckpt.save(checkpoint_dir, state, int(batch.index[-1]) + 1, done, batch_size, fp)
+        if max_batches is not None and this_run >= max_batches:
+            raise BuildInterrupted(
+                f"stopped after {this_run} batches (max_batches); continue with --resume"
+            )
+    meta["amap"] = {"n_positions": n_pos, "n_windows": len(windows), "batch_size": batch_size,
+                    "compat": compat, "fingerprint": fp, "window_offset": window_offset,
+                    "key_strs": key_labels(model.tokenizer, d_vocab, n_pos)}
+    result = AmapResult(amap, top, layers, meta["amap"]["key_strs"], len(windows), meta)
+    result.invariants = amap.invariants(len(windows))
+    broken = [k for k, ok in result.invariants.items() if not ok]
+    if broken:  # a bug in the accumulator, not a user error
+        raise RuntimeError(f"AMAP invariants failed: {broken}; please report this")
+    result.contexts = read_contexts(model, windows, result, context_units, window_offset)
+    result.throughput = {"tokens": stats.tokens, "seconds": stats.seconds,
+                         "tokens_per_s": stats.tokens_per_s, "batches": stats.batches}
+    return result
+
+
+def read_contexts(model, windows: Windows, result: AmapResult, per_layer: int,
+                  window_offset: int = 0) -> list[dict]:
+    """Max-activating windows of the ``per_layer`` units with the largest max activation per
+    layer: each window's tokens and the unit's activation at every token (one extra forward)."""
+    if per_layer <= 0 or result.top is None:
+        return []
+    top = result.top.compute()
+    units = []
+    for row, layer in enumerate(result.layers):
+        for neuron in result.amap.act_max[row].float().topk(per_layer).indices.tolist():
+            units.append((row, layer, neuron))
+    wanted = sorted({int(w) - window_offset for r, _, n in units for w in top["windows"][r, n]
+                     if w >= 0})
+    sub = windows.select(torch.tensor(wanted, dtype=torch.long))
+    hooks = capture.mlp_hooks(model, result.layers)
+    device = next(model.parameters()).device
+    stop = None if capture.is_encoder(model) else max(result.layers) + 1
+    acts = capture.forward(model, sub.tokens.to(device), sub.mask.to(device), hooks,
+                           stop_at_layer=stop)[0]
+    where = {w: i for i, w in enumerate(wanted)}
+    out = []
+    for row, layer, neuron in units:
+        items = []
+        for rank in range(top["windows"].shape[-1]):
+            w = int(top["windows"][row, neuron, rank])
+            if w < 0:
+                continue
+            i = where[w - window_offset]
+            n = int(sub.mask[i].sum())
+            ids = sub.tokens[i, :n].tolist()
+            a = acts[hooks[row]][i, :n, neuron].float().cpu().tolist()
+            items.append({"window": w, "doc": int(sub.doc_ids[i]), "start": int(sub.starts[i]),
+                          "max": float(top["values"][row, neuron, rank]),
+                          "peak": int(top["positions"][row, neuron, rank]),
+                          "tokens": [result.key_strs[t] if t < len(result.key_strs) else f"[ID_{t}]"
+                                     for t in ids],
+                          "acts": a})
+        out.append({"layer": layer, "neuron": neuron, "unit": f"{layer}_{neuron}",
+                    "windows": items})
+    return out
+
+
+def build(model, windows: Windows, out_dir: str | Path, **options) -> AmapResult:
+    """``analyze`` with checkpoints in ``out_dir``, then save the artifact and drop the checkpoint."""
+    result = analyze(model, windows, checkpoint_dir=out_dir, **options)
+    result.save(out_dir)
+    ckpt.clear(out_dir)
+    return result
