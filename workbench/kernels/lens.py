@@ -87,8 +87,8 @@ def target_ranks(
     ranks = torch.empty(targets.shape, dtype=torch.long, device=logits.device)
     # One target column at a time keeps the comparison temporary at [*lead, vocab] bools.
     for j in range(targets.shape[-1]):
-        greater = logits > picked[..., j : j + 1]
-        ranks[..., j] = greater.sum(-1)
+        # int32 counts are exact (vocab < 2**31) and reduce ~1.5x faster than int64 on CPU.
+        ranks[..., j] = (logits > picked[..., j : j + 1]).sum(-1, dtype=torch.int32)
     return torch.where(valid, ranks + 1, torch.zeros_like(ranks))
 
 
