@@ -6,6 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from workbench.errors import WorkbenchError
 from workbench.kernels.lens import (
     Unembed,
     chunk_sizes,
@@ -188,5 +189,6 @@ def test_lens_stats_state_roundtrip_and_mismatch():
         torch.testing.assert_close(t.compute()[key], v, equal_nan=True)
     with pytest.raises(ValueError, match="different models"):
         s.merge(LensStats(3, 50))
-    with pytest.raises(ValueError, match="edges"):
+    with pytest.raises(WorkbenchError, match="rank_hist"):
         LensStats(2, 5000).load_state_dict(s.state_dict())
+    assert set(LensStats.REDUCE) == set(s.state_dict())

@@ -19,7 +19,8 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-# state name → reduction across processes (all are sums)
+from workbench.kernels.state import checked_state
+
 STATES = ("log_rank_sum", "top1_hits", "rank_hist", "agree_count", "kl_sum", "entropy_sum",
           "n_targets", "n_positions")
 
@@ -37,6 +38,8 @@ def rank_edges(vocab: int) -> Int[Tensor, " edges"]:
 
 class LensStats:
     """Sums per lens: log-rank, rank-1 hits, rank histogram, agreement, KL, entropy; and counts."""
+
+    REDUCE = dict.fromkeys(STATES, "sum")  # see workbench.kernels.state
 
     def __init__(self, n_lens: int, vocab: int, device: str | torch.device = "cpu"):
         self.n_lens = n_lens
@@ -109,13 +112,15 @@ class LensStats:
         }
 
     def state_dict(self) -> dict[str, Tensor]:
-        return {name: getattr(self, name).clone() for name in STATES} | {"edges": self.edges.clone()}
+        return {name: getattr(self, name).clone() for name in STATES}
 
     def load_state_dict(self, state: dict[str, Tensor]) -> LensStats:
-        if not torch.equal(state["edges"].cpu(), self.edges.cpu()):
-            raise ValueError("rank histogram edges differ: the state is from another vocabulary")
-        for name in STATES:
-            setattr(self, name, state[name].to(getattr(self, name).device).clone())
+        """Load a ``state_dict`` of an accumulator of the same lenses and vocabulary (the rank
+        histogram's width follows from the vocabulary)."""
+        expected = {name: (tuple(getattr(self, name).shape), getattr(self, name).dtype)
+                    for name in STATES}
+        for name, t in checked_state("LensStats", state, expected, self.edges.device).items():
+            setattr(self, name, t)
         return self
 
     def to(self, device: str | torch.device) -> LensStats:
