@@ -157,13 +157,11 @@ class Amap:
                     f"{m} key ids must be in 0..{self.d_vocab - 1} (got {int(k.min())}.."
                     f"{int(k.max())}): the AMAP was sized for another vocabulary"
                 )
-            if pos_keys is not None:
-                k = torch.cat([k, pos_keys])
-                v = torch.cat([vals, vals], dim=1)
-            else:
-                v = vals
-            self.sums[m].index_add_(1, k, v)
+            self.sums[m].index_add_(1, k, vals)
             self.counts[m] += torch.bincount(k, minlength=self.n_keys)
+            if pos_keys is not None:
+                self.sums[m].index_add_(1, pos_keys, vals)
+                self.counts[m] += torch.bincount(pos_keys, minlength=self.n_keys)
         return self
 
     def _same_shape(self, other: Amap) -> None:

@@ -7,8 +7,7 @@
 4. ``top.compute()`` → ``values`` / ``windows`` / ``positions`` ``[layer, mlp, k]``, best first;
    slots never filled hold value -inf and window -1.
 
-Ties are broken by ``torch.topk`` on the concatenation (kept entries first), so the same batches in
-the same order give the same selection.
+Equal scores are ordered by window id, so the selection does not depend on batching or merge order.
 
 >>> top = TopWindows(n_layers=1, d_mlp=2, k=1)
 >>> acts = torch.tensor([[[[1.0, 0.0], [3.0, -1.0]]]])            # [layer, batch, pos, mlp]
@@ -46,8 +45,12 @@ class TopWindows:
         return self.values.device
 
     def _keep_best(self, values: Tensor, windows: Tensor, positions: Tensor) -> None:
-        best, idx = values.topk(self.k, dim=-1, sorted=True)
-        self.values = best
+        # Equal maxima are common (a causal model's position 0 sees only its own token): order
+        # ties by window id so that any batching or merge order selects the same windows.
+        by_window = windows.argsort(dim=-1, stable=True)
+        values, windows, positions = (t.gather(-1, by_window) for t in (values, windows, positions))
+        idx = values.sort(dim=-1, descending=True, stable=True).indices[..., : self.k]
+        self.values = values.gather(-1, idx)
         self.windows = windows.gather(-1, idx)
         self.positions = positions.gather(-1, idx)
 

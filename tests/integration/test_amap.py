@@ -1,0 +1,171 @@
+"""AMAP builds on embedded models: references from TransformerLens' own cache and plain counting."""
+
+import warnings
+
+import pandas as pd
+import pytest
+import torch
+
+from workbench.analyses import amap_export
+from workbench.analyses.amap import BuildInterrupted, analyze, build, load
+from workbench.data import load_windows
+from workbench.errors import WorkbenchError
+
+DOCS = [
+    "the cat sat on the mat and the dog sat on the log by the door",
+    "a small example: amaps count every token the model reads, window by window.",
+    "short",
+    "neurons fire on some tokens more than on others; which ones is the question",
+]
+
+
+@pytest.fixture(scope="module")
+def windows(random_tiny):
+    return load_windows(random_tiny, text=DOCS, window=15, stride=15, bos=False)
+
+
+@pytest.fixture(scope="module")
+def result(random_tiny, windows):
+    return analyze(random_tiny, windows, batch_size=3, progress=False, positions=True, top_k=3)
+
+
+def reference(model, windows):
+    """Per-position MLP activations, input tokens and argmax predictions from run_with_cache."""
+    acts, inputs, outputs, pos = [], [], [], []
+    with torch.inference_mode():
+        for i in range(len(windows)):
+            n = int(windows.mask[i].sum())
+            tok = windows.tokens[i : i + 1, :n]
+            logits, cache = model.run_with_cache(tok)
+            acts.append(torch.stack([cache[f"blocks.{layer}.mlp.hook_post"][0]
+                                     for layer in range(model.cfg.n_layers)], 1))  # [n, L, d]
+            inputs.append(tok[0])
+            outputs.append(logits[0].argmax(-1))
+            pos.append(torch.arange(n))
+    return torch.cat(acts), torch.cat(inputs), torch.cat(outputs), torch.cat(pos)
+
+
+def test_build_matches_transformerlens_cache(random_tiny, windows, result):
+    acts, inputs, outputs, pos = reference(random_tiny, windows)
+    V = random_tiny.cfg.d_vocab
+    for mode, keys in (("input", inputs), ("output", outputs)):
+        count = result.counts(mode)
+        assert count[:V].tolist() == torch.bincount(keys, minlength=V).tolist()
+        assert count[V:].tolist() == torch.bincount(pos, minlength=15).tolist()
+        mean = result.means(mode)
+        for t in keys.unique()[:6].tolist():
+            ref = acts[keys == t].mean(0)  # [L, d]
+            torch.testing.assert_close(mean[:, t], ref, atol=1e-5, rtol=1e-5)
+        ref = acts[pos == 0].mean(0)
+        torch.testing.assert_close(mean[:, V], ref, atol=1e-5, rtol=1e-5)
+    assert result.invariants and all(result.invariants.values())
+    assert int(result.counts("input")[V]) == len(windows)  # [POS_0] once per window
+    unseen = result.counts("input") == 0
+    assert unseen.any() and result.means("input")[:, unseen].isnan().all()
+
+
+def test_top_tokens_dead_units_and_contexts(result):
+    top = result.top_tokens(layer=1, neuron=0, k=3)
+    assert len(top) == 3 and top[0]["mean"] >= top[1]["mean"] >= top[2]["mean"]
+    assert all(not t["token"].startswith("[POS_") for t in top)
+    assert result.dead_units().shape == (2, 256)
+    ctx = result.contexts[0]
+    row = result.layers.index(ctx["layer"])
+    best = ctx["windows"][0]
+    # the activation read back at the recorded peak is the recorded window maximum
+    assert best["acts"][best["peak"]] == pytest.approx(best["max"], abs=1e-5)
+    assert best["max"] == pytest.approx(float(result.amap.act_max[row, ctx["neuron"]]), abs=1e-5)
+    assert len(best["tokens"]) == len(best["acts"])
+
+
+def test_resume_after_interruption_is_byte_identical(random_tiny, windows, tmp_path):
+    windows = windows.select(slice(0, 7))
+    opts = {"batch_size": 1, "progress": False, "positions": True, "top_k": 2,
+            "checkpoint_every": 2}
+    build(random_tiny, windows, tmp_path / "whole", **opts)
+    with pytest.raises(BuildInterrupted):
+        build(random_tiny, windows, tmp_path / "killed", max_batches=3, **opts)
+    assert not (tmp_path / "killed" / "amap.safetensors").exists()
+    with pytest.raises(WorkbenchError, match="--resume"):
+        build(random_tiny, windows, tmp_path / "killed", **opts)
+    with pytest.raises(WorkbenchError, match="--batch-size 1"):
+        build(random_tiny, windows, tmp_path / "killed", resume=True, **{**opts, "batch_size": 2})
+    build(random_tiny, windows, tmp_path / "killed", resume=True, **opts)
+    a = (tmp_path / "whole" / "amap.safetensors").read_bytes()
+    b = (tmp_path / "killed" / "amap.safetensors").read_bytes()
+    assert a == b
+    assert not (tmp_path / "killed" / "amap.ckpt.safetensors").exists()
+
+
+def test_merge_of_two_halves_equals_one_pass(random_tiny, windows, result, tmp_path):
+    half = len(windows) // 2
+    opts = {"batch_size": 3, "progress": False, "positions": True, "top_k": 3}
+    first = analyze(random_tiny, windows.select(slice(0, half)), **opts)
+    second = analyze(random_tiny, windows.select(slice(half, None)), window_offset=half, **opts)
+    merged = amap_export.merge(first, second)
+    for name, t in result.amap.state_dict().items():
+        if t.dtype == torch.int64:
+            assert torch.equal(merged.amap.state_dict()[name], t), name
+        else:
+            torch.testing.assert_close(merged.amap.state_dict()[name], t, atol=1e-5, rtol=1e-5)
+    assert torch.equal(merged.top.compute()["windows"], result.top.compute()["windows"])
+    assert all(merged.invariants.values()) and merged.n_windows == len(windows)
+
+
+def test_merge_refuses_another_model(random_tiny, windows, result):
+    from workbench.models.random_tiny import random_tiny as make
+
+    other = analyze(make(seed=1), windows, batch_size=4, progress=False, positions=True,
+                    top_k=3, context_units=0)
+    with pytest.raises(WorkbenchError, match="weights_sha256_16"):
+        amap_export.merge(result, other)
+    no_pos = analyze(random_tiny, windows, batch_size=4, progress=False, top_k=3, context_units=0)
+    with pytest.raises(WorkbenchError, match="positions"):
+        amap_export.merge(result, no_pos)
+
+
+def test_parquet_export_round_trips(result, tmp_path):
+    result.save(tmp_path)
+    loaded = load(tmp_path)
+    df = amap_export.to_dataframe(loaded, layers=[1], top=20)
+    assert list(df.columns[-4:]) == ["#unit", "#mode", "#layer", "#mean"]
+    assert df.shape == (2 * 256, 24) and df.index[0] == "1_0"
+    assert df.columns.is_unique
+    path = amap_export.write_parquet(loaded, tmp_path / "amap.parquet", layers=[1], top=20)
+    pd.testing.assert_frame_equal(pd.read_parquet(path), df)
+    # a cell is the unit's mean for that token, read straight from the artifact
+    tok = df.columns[0]
+    tid = amap_export.select_keys(loaded, top=20)[0]
+    row = df[df["#mode"] == "output"].loc["1_5"]
+    assert row[tok] == pytest.approx(float(loaded.means("output")[1, tid, 5]), nan_ok=True)
+    by_text = amap_export.to_dataframe(loaded, modes=["input"], layers=[0], tokens=["t", 101])
+    assert by_text.shape == (256, 6)
+    with pytest.raises(WorkbenchError, match="not a single token"):
+        amap_export.to_dataframe(loaded, tokens=["the cat"])
+
+
+def test_dataset_shorter_than_one_window_is_refused(random_tiny):
+    w = load_windows(random_tiny, text="hello", window=15, stride=15, bos=False)
+    with pytest.raises(WorkbenchError, match=r"5 tokens.*window of 15"):
+        analyze(random_tiny, w, progress=False)
+
+
+def test_model_without_mlp_is_refused(windows):
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    cfg = HookedTransformerConfig(n_layers=1, d_model=16, n_heads=2, d_head=8, n_ctx=32,
+                                  d_vocab=257, attn_only=True, act_fn="gelu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = HookedTransformer(cfg)
+    with pytest.raises(WorkbenchError, match="no MLP"):
+        analyze(model, windows, progress=False)
+
+
+def test_encoder_input_mode_works_output_mode_refused(minilm):
+    w = load_windows(minilm, text=DOCS, window=15, stride=15, bos=False)
+    r = analyze(minilm, w, modes=["input"], layers=[0], batch_size=4, progress=False,
+                context_units=1)
+    assert all(r.invariants.values()) and r.means().shape[0] == 1
+    with pytest.raises(WorkbenchError, match="encoder"):
+        analyze(minilm, w, modes=["output"], progress=False)
