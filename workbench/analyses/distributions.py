@@ -22,6 +22,7 @@ from torch import Tensor
 from workbench import artifacts
 from workbench.capture import layer_labels, resid_hooks, stream
 from workbench.data import Windows
+from workbench.distributed import DistContext, flat_states, local_part, shard_metadata
 from workbench.errors import WorkbenchError
 from workbench.kernels.dimstats import DimStats
 from workbench.kernels.histogram import Histogram, linear_edges, symlog_edges
@@ -54,6 +55,8 @@ class DistributionsResult:
     settings: dict = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
     token_labels: list[str] | None = None  # token strings by position, for a single window
+    # The accumulators' raw states ("state.{acc}.{name}"), so shard artifacts merge offline.
+    states: dict[str, Tensor] = field(default_factory=dict)
 
     def layer_index(self, layer: int | str) -> int:
         """Index of a layer given as a label (``"h.3"``, ``"emb"``) or an int (negative ok)."""
@@ -68,6 +71,7 @@ class DistributionsResult:
             "hist_nan": self.hist_nan, "mean": self.mean, "std": self.std,
             "dim_mean": self.dim_mean, "dim_std": self.dim_std, "dim_maxabs": self.dim_maxabs,
             "sample_values": self.sample_values, "sample_ids": self.sample_ids,
+            **self.states,
         }
 
     def figures(self) -> dict:
@@ -93,8 +97,9 @@ class DistributionsResult:
         settings = meta.pop("settings", {})
         labels = meta.pop("labels", [f"v{i}" for i in range(t["r2"].shape[0])])
         token_labels = meta.pop("token_labels", None)
+        states = {k: v for k, v in t.items() if k.startswith("state.")}
         return cls(labels=labels, settings=settings, meta=meta, token_labels=token_labels,
-                   **{k: t[k] for k in cls.__dataclass_fields__ if k in t})
+                   states=states, **{k: t[k] for k in cls.__dataclass_fields__ if k in t})
 
 
 def layer_index(labels: list[str], layer: int | str) -> int:
@@ -147,8 +152,14 @@ def analyze(
     layer: int | str = -1,
     pair_layers: tuple[int | str, ...] | None = None,
     seed: int = 0,
+    shard: tuple[int, int] | None = None,
+    ctx: DistContext | None = None,
 ) -> DistributionsResult:
     """One pass over ``windows``; see the module docstring.
+
+    ``shard=(i, n)`` analyses only the i-th of n slices of the windows (a job-array task; merge
+    the parts with ``merge_results``); under ``torchrun`` pass ``ctx`` (``DistContext.from_env()``):
+    each rank analyses its slice and every rank gets the reduced result of the whole.
 
     ``sample`` (pairplot) and ``scatter_points`` (scatter by dimension / token of ``layer``) are
     sizes of one deterministic uniform sample of (token, dim) pairs, keyed by ``seed``: the same
@@ -171,7 +182,8 @@ def analyze(
     picked = BottomK(max(sample, scatter_points), n_vars, n_ids=3, device=device)
     width = windows.tokens.shape[1]
     dim_ids = torch.arange(d, device=device)
-    for batch in stream(model, windows, hooks, batch_size=batch_size, progress=progress,
+    part, offset = local_part(windows, shard, ctx)
+    for batch in stream(model, part, hooks, batch_size=batch_size, progress=progress,
                         desc="distributions"):
         block, flat = _selected(batch, hooks, skip_first)
         if flat.numel() == 0:
@@ -180,7 +192,8 @@ def analyze(
         moments.update(samples)
         hist.update(samples)
         dims.update(rearrange(block, "v t d -> t v d"))
-        window = batch.index.to(device)[flat // batch.mask.shape[1]]
+        # + offset: sample ids are indices into the whole windows, whichever rank or shard runs
+        window = batch.index.to(device)[flat // batch.mask.shape[1]] + offset
         position = flat % batch.mask.shape[1]
         # Ids do not depend on batching: global window index and position, then the dimension.
         ids = rearrange((window * width + position)[:, None] * d + dim_ids, "t d -> (t d)")
@@ -190,7 +203,10 @@ def analyze(
             t_idx, d_idx = pos // d, pos % d
             picked.update(keys[pos], samples[pos],
                           torch.stack([window[t_idx], position[t_idx], d_idx], dim=1))
-    if int(moments.count) == 0:
+    accs = {"moments": moments, "hist": hist, "dims": dims, "sample": picked}
+    if ctx is not None:
+        accs = ctx.reduce_all(accs)
+    if int(accs["moments"].count) == 0 and shard is None:
         raise WorkbenchError("no positions left to analyse: every window has only its first "
                              "position; give longer text or keep it (skip_first=False)")
     settings = {"skip_first": skip_first, "bins": bins, "value_range": list(value_range),
@@ -201,16 +217,26 @@ def analyze(
     if len(windows) == 1:
         token_labels = model.tokenizer.convert_ids_to_tokens(
             windows.tokens[0][windows.mask[0]].tolist())
+    meta = artifacts.run_metadata(model, windows, **settings)
+    if shard is not None:
+        meta["shard"] = shard_metadata(windows, *shard)
+    return result_from_states(accs, labels, settings, meta, token_labels)
+
+
+def result_from_states(accs: dict, labels: list[str], settings: dict, meta: dict,
+                       token_labels: list[str] | None = None) -> DistributionsResult:
+    """The result read out of (possibly reduced or merged) accumulators."""
+    moments, hist, dims, picked = accs["moments"], accs["hist"], accs["dims"], accs["sample"]
+    n_vars = moments.n_vars
     cpu = "cpu"
     h = hist.to(cpu)
-    result = DistributionsResult(
+    return DistributionsResult(
         labels=labels,
         covariance=moments.to(cpu).cov(), r2=moments.r2(), mean=moments.mean.clone(),
         std=moments.std(), n_samples=torch.full((n_vars,), int(moments.count), dtype=torch.int64),
         hist_counts=h.counts, hist_edges=h.edges, hist_under=h.under, hist_over=h.over,
         hist_nan=h.nan, dim_mean=dims.to(cpu).mean, dim_std=dims.std(), dim_maxabs=dims.maxabs,
         sample_values=picked.to(cpu).values, sample_ids=picked.ids,
-        settings=settings, meta=artifacts.run_metadata(model, windows, **settings),
-        token_labels=token_labels,
+        settings=settings, meta=meta, token_labels=token_labels,
+        states=flat_states(accs),
     )
-    return result

@@ -14,10 +14,14 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16")
 
 
-def add_input_args(p: argparse.ArgumentParser, window: int | None = None) -> None:
-    """--model/--device/--dtype, one input source, windowing, --out, --batch-size."""
+def add_input_args(p: argparse.ArgumentParser, window: int | None = None,
+                   source_required: bool = True) -> None:
+    """--model/--device/--dtype, one input source, windowing, --out, --batch-size.
+
+    ``source_required=False`` for commands that also take artifacts instead (``... merge``).
+    """
     add_model_args(p)
-    src = p.add_mutually_exclusive_group(required=True)
+    src = p.add_mutually_exclusive_group(required=source_required)
     src.add_argument("--text", help="the text to analyse")
     src.add_argument("--file", type=Path, help="a UTF-8 text file, or .jsonl (see --field)")
     src.add_argument("--dataset", help="wordnet-glosses (offline) or an HF datasets name")

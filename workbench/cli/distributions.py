@@ -1,4 +1,8 @@
-"""``workbench distributions``: hidden-state covariance / R², histograms, scatter and pairplot."""
+"""``workbench distributions``: hidden-state covariance / R², histograms, scatter and pairplot.
+
+Also ``--shard i/n`` (one part of a job array), ``workbench distributions merge A B ... --out C``
+(fold the parts) and, under ``torchrun --nproc-per-node N -m workbench distributions ...``, one
+build split over N processes (see docs/distributed.md)."""
 
 from __future__ import annotations
 
@@ -23,7 +27,14 @@ def register(sub) -> None:
         "per-dimension stats and a deterministic sample for scatter plots and the pairplot. "
         "Writes distributions.safetensors, distributions.json and distributions.html to --out.",
     )
-    add_input_args(p)
+    p.add_argument("action", nargs="?", choices=["merge"],
+                   help="merge: fold shard artifacts (PARTS) built with --shard i/n into --out")
+    p.add_argument("parts", nargs="*", metavar="PARTS",
+                   help="with merge: distributions.safetensors files or folders holding one")
+    add_input_args(p, source_required=False)
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="analyse only the I-th of N slices of the windows (a job-array task; "
+                   "numbered from 0); fold the parts with `workbench distributions merge`")
     p.add_argument("--keep-first", dest="skip_first", action="store_false",
                    help="keep position 0 of each window (excluded by default, as in the seed)")
     p.add_argument("--bins", type=int, default=300, help="histogram bins (default 300)")
@@ -44,23 +55,59 @@ def register(sub) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from workbench.analyses.distributions import analyze
+    from workbench.distributed import DistContext, parse_shard
+    from workbench.paths import resolve_device
+
+    if args.action == "merge" or args.parts:
+        return _merge(args)
+    shard = parse_shard(args.shard) if args.shard else None
+    ctx = DistContext.from_env(device=resolve_device(args.device))
+    try:
+        with ctx.guard("distributions"):
+            model, windows = load_inputs(args)
+            result = analyze(
+                model, windows, batch_size=args.batch_size,
+                progress=not args.quiet and ctx.is_main,
+                skip_first=args.skip_first, bins=args.bins, value_range=tuple(args.value_range),
+                symlog=args.symlog, sample=args.sample, scatter_points=args.scatter_points,
+                layer=args.layer, pair_layers=args.pair_layers, seed=args.seed,
+                shard=shard, ctx=ctx if ctx.is_distributed else None,
+            )
+        if not ctx.is_main:  # every rank holds the reduced result; one writes it
+            return 0
+        data = windows.metadata()
+        _write(result, args.out, {
+            "model": model.cfg.model_name, "source": data["source"],
+            "windows": data["n_windows"], "tokens": data["n_tokens"],
+            **({"shard": args.shard} if shard else {}),
+            **({"processes": ctx.world} if ctx.is_distributed else {}),
+        })
+    finally:
+        ctx.close()
+    return 0
+
+
+def _write(result, out, header: dict) -> None:
     from workbench.views.distributions import section
     from workbench.views.html import Page
 
-    model, windows = load_inputs(args)
-    result = analyze(
-        model, windows, batch_size=args.batch_size, progress=not args.quiet,
-        skip_first=args.skip_first, bins=args.bins, value_range=tuple(args.value_range),
-        symlog=args.symlog, sample=args.sample, scatter_points=args.scatter_points,
-        layer=args.layer, pair_layers=args.pair_layers, seed=args.seed,
-    )
-    artifact = result.save(args.out)
-    data = windows.metadata()
+    artifact = result.save(out)
     page = Page("Hidden-state distributions", header={
-        "model": model.cfg.model_name, "source": data["source"],
-        "windows": data["n_windows"], "tokens": data["n_tokens"],
-        "samples per layer": int(result.n_samples[0]),
-    }).add(section(result))
-    html_path = page.write(args.out / "distributions.html")
+        **header, "samples per layer": int(result.n_samples[0])}).add(section(result))
+    html_path = page.write(out / "distributions.html")
     print(f"wrote {artifact}\nwrote {artifact.with_suffix('.json')}\nwrote {html_path}")
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from workbench.analyses.shards import merge_distributions
+    from workbench.errors import WorkbenchError
+
+    if args.action != "merge":
+        raise WorkbenchError(f"unexpected arguments {args.parts}; to fold shard artifacts run "
+                             "`workbench distributions merge A B ... --out DIR`")
+    if args.text is not None or args.file is not None or args.dataset is not None or args.shard:
+        raise WorkbenchError("merge folds existing artifacts: give their paths, not "
+                             "--text/--file/--dataset/--shard")
+    result = merge_distributions(args.parts)
+    _write(result, args.out, {"model": result.meta.get("model"), "merged parts": len(args.parts)})
     return 0
