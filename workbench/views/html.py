@@ -52,6 +52,8 @@ class Section:
     title: str
     items: list[Item] = field(default_factory=list)
     note: str = ""
+    # JavaScript libraries the items call (custom widgets); a page inlines each one once, in <head>.
+    scripts: list[str] = field(default_factory=list)
 
     @property
     def anchor(self) -> str:
@@ -104,10 +106,12 @@ class Page:
         )
         nav = "".join(f'<a href="#{s.anchor}">{html.escape(s.title)}</a>' for s in self.sections)
         body = "\n".join(s.render() for s in self.sections)
+        libs = list(dict.fromkeys(js for s in self.sections for js in s.scripts))
+        extra = "".join(f"<script type='text/javascript'>{js}</script>" for js in libs)
         return (
             "<!DOCTYPE html><html><head><meta charset='utf-8'>"
             f"<title>{html.escape(self.title)}</title><style>{CSS}</style>"
-            f"<script type='text/javascript'>{plotly_js()}</script></head><body>"
+            f"<script type='text/javascript'>{plotly_js()}</script>{extra}</head><body>"
             f"<header><h1>{html.escape(self.title)}</h1><table>{rows}</table></header>"
             f"<nav>{nav}</nav><main>{body}</main></body></html>"
         )
