@@ -161,3 +161,24 @@ def test_bottom_k_is_independent_of_batching_and_merges():
         assert torch.equal(s.values, values[expected].double())
     with pytest.raises(WorkbenchError, match="different sizes"):
         one.merge(BottomK(50, 2))
+
+
+@settings(max_examples=50, deadline=None)
+@given(lo=st.floats(-1e3, 1e3), span=st.floats(1e-3, 1e3), bins=st.integers(1, 400),
+       fp64=st.booleans(), seed=st.integers(0, 2**16))
+def test_arithmetic_rule_equals_binary_search(lo, span, bins, fp64, seed):
+    """The uniform-edge fast path against searchsorted on the fp64 edges, edges included."""
+    edges = np.linspace(lo, lo + span, bins + 1)
+    if not np.all(np.diff(edges) > 0):
+        return
+    dtype = np.float64 if fp64 else np.float32
+    rng = np.random.default_rng(seed)
+    col = np.concatenate([rng.uniform(lo - span / 4, lo + 1.25 * span, 500).astype(dtype),
+                          tricky_values(edges, dtype)])
+    x = torch.from_numpy(np.stack([col, col[::-1]], axis=1))
+    h = Histogram(edges, 2).update(x)
+    slots = bin_slots(x.T, torch.from_numpy(edges))
+    expected = torch.stack([torch.bincount(s, minlength=bins + 3) for s in slots])
+    assert torch.equal(h.counts, expected[:, 1 : bins + 1])
+    assert torch.equal(h.under, expected[:, 0]) and torch.equal(h.over, expected[:, bins + 1])
+    assert torch.equal(h.nan, expected[:, bins + 2])
