@@ -1,0 +1,109 @@
+"""``workbench amap build | merge | export``: neuron AMAPs over a dataset (SYSIF), resumable."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from workbench.cli.common import add_input_args
+
+
+def _csv_ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def register(sub) -> None:
+    p = sub.add_parser("amap", help="neuron activation maps (AMAPs): build, merge, export",
+                       description="Mean MLP activation of every neuron per token (input token, "
+                       "or the model's argmax prediction), over a dataset in windows.")
+    cmds = p.add_subparsers(dest="amap_command", metavar="ACTION", required=True)
+
+    b = cmds.add_parser("build", help="build an AMAP over a text, file or dataset",
+                        description="SYSIF defaults: --window 15 --stride 15, no BOS. Resumable: "
+                        "checkpoints every --checkpoint-every batches; --resume continues.")
+    add_input_args(b, window=15)
+    b.set_defaults(bos=False)
+    b.add_argument("--bos", dest="bos", action="store_true", help="prepend BOS to each window")
+    b.add_argument("--modes", default="input,output", help="input,output (default) or one")
+    b.add_argument("--positions", action="store_true",
+                   help="also key each window position k as pseudo-token [POS_k]")
+    b.add_argument("--layers", type=_csv_ints, default=None, help="e.g. 0,1 (default: all)")
+    b.add_argument("--sum-dtype", default="float32", choices=["float16", "float32", "float64"])
+    b.add_argument("--sum-device", default=None, help="device for the sums (e.g. cpu)")
+    b.add_argument("--top-k", type=int, default=8, help="max-activating windows kept per unit")
+    b.add_argument("--context-units", type=int, default=2,
+                   help="units per layer whose contexts are written to amap_contexts.json")
+    b.add_argument("--checkpoint-every", type=int, default=50, help="batches between checkpoints")
+    b.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
+    b.add_argument("--memory-limit-gib", type=float, default=None,
+                   help="refuse to build when the sums need more than this (default: 80%% free)")
+    b.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)  # tests: a kill
+    b.add_argument("--no-html", action="store_true", help="skip amap.html")
+    b.set_defaults(func=build_main)
+
+    m = cmds.add_parser("merge", help="add AMAPs of disjoint data (e.g. shards) into one")
+    m.add_argument("inputs", nargs="+", type=Path, help="AMAP folders")
+    m.add_argument("--out", type=Path, required=True, help="output folder")
+    m.set_defaults(func=merge_main)
+
+    e = cmds.add_parser("export", help="SYSIF's DataFrame layout as parquet")
+    e.add_argument("amap", type=Path, help="an AMAP folder")
+    e.add_argument("--parquet", type=Path, nargs="?", const=True, default=True,
+                   help="output file (default DIR/amap.parquet)")
+    e.add_argument("--modes", default=None, help="modes to export (default: all built)")
+    e.add_argument("--layers", type=_csv_ints, default=None, help="layers (default: all)")
+    e.add_argument("--tokens", nargs="+", default=None, metavar="TOKEN",
+                   help="token texts (exactly as decoded) or ids; default: all tokens")
+    e.add_argument("--top", type=int, default=None, help="only the N most frequent input tokens")
+    e.set_defaults(func=export_main)
+
+
+def build_main(args) -> int:
+    from workbench.analyses.amap import build
+    from workbench.cli.common import load_inputs
+    from workbench.views.amap import section
+    from workbench.views.html import Page
+
+    model, windows = load_inputs(args)
+    limit = None if args.memory_limit_gib is None else int(args.memory_limit_gib * 2**30)
+    result = build(model, windows, args.out, batch_size=args.batch_size,
+                   progress=not args.quiet, modes=[x.strip() for x in args.modes.split(",")],
+                   positions=args.positions, layers=args.layers, sum_dtype=args.sum_dtype,
+                   sum_device=args.sum_device, top_k=args.top_k,
+                   context_units=args.context_units, checkpoint_every=args.checkpoint_every,
+                   resume=args.resume, max_batches=args.stop_after, memory_limit=limit)
+    t = result.throughput
+    print(f"{t['tokens']:,} tokens in {t['seconds']:.1f}s ({t['tokens_per_s']:,.0f} tokens/s); "
+          f"invariants: {'all hold' if all(result.invariants.values()) else result.invariants}")
+    if not args.no_html:
+        header = {"model": model.cfg.model_name, "input": windows.source,
+                  "windows": len(windows), "modes": ",".join(result.modes)}
+        Page("Neuron AMAPs", header).add(section(result)).write(args.out / "amap.html")
+    print(f"wrote {args.out / 'amap.safetensors'}")
+    return 0
+
+
+def merge_main(args) -> int:
+    from workbench.analyses.amap_export import merge_dirs
+
+    result = merge_dirs(args.inputs)
+    path = result.save(args.out)
+    kept = "kept" if result.top is not None else "dropped (different data)"
+    print(f"merged {len(args.inputs)} AMAPs ({result.n_windows} windows; max-activating windows "
+          f"{kept}) into {path}")
+    return 0
+
+
+def export_main(args) -> int:
+    from workbench.analyses.amap import load
+    from workbench.analyses.amap_export import write_parquet
+
+    result = load(args.amap)
+    out = args.amap / "amap.parquet" if args.parquet is True else args.parquet
+    tokens = None
+    if args.tokens is not None:
+        tokens = [int(t) if t.isdigit() else t for t in args.tokens]
+    modes = None if args.modes is None else [x.strip() for x in args.modes.split(",")]
+    path = write_parquet(result, out, modes=modes, layers=args.layers, tokens=tokens, top=args.top)
+    print(f"wrote {path}")
+    return 0

@@ -1,0 +1,135 @@
+"""AMAP figures: key coverage, unit means and dead units, top tokens per unit, position profiles,
+and max-activating contexts (tokens shaded by the unit's activation)."""
+
+from __future__ import annotations
+
+import html
+
+import plotly.graph_objects as go
+
+from workbench.views.html import Section, table_html
+
+
+def visible(text: str) -> str:
+    return (text or "∅").replace(" ", "␣").replace("\n", "\\n").replace("\t", "\\t")
+
+
+def coverage_figure(result) -> go.Figure:
+    """How many keys were seen 0, 1, 2-9, 10-99, ... times, per mode."""
+    edges = [0, 1, 2, 10, 100, 1000, 10_000, 100_000, float("inf")]
+    names = ["0 (unseen)", "1", "2-9", "10-99", "100-999", "1k-9k", "10k-99k", "100k+"]
+    fig = go.Figure()
+    V = result.amap.d_vocab
+    for mode in result.modes:
+        c = result.counts(mode)[:V].double()
+        n = [int(((c >= lo) & (c < hi)).sum()) for lo, hi in zip(edges, edges[1:], strict=False)]
+        fig.add_bar(name=mode, x=names, y=n)
+    fig.update_layout(title="Token coverage: how often each vocabulary token was the key",
+                      xaxis_title="positions keyed by the token", yaxis_title="tokens",
+                      barmode="group", height=360)
+    return fig
+
+
+def unit_means_figure(result) -> go.Figure:
+    means = result.amap.unit_mean()
+    dead = result.dead_units()
+    fig = go.Figure()
+    for row, layer in enumerate(result.layers):
+        fig.add_box(y=means[row].tolist(), name=f"layer {layer} ({int(dead[row].sum())} dead)",
+                    boxpoints=False)
+    fig.update_layout(title="Mean activation of each unit over all positions (dead: max <= 0)",
+                      yaxis_title="mean activation", height=380, showlegend=False)
+    return fig
+
+
+def chosen_units(result, n: int = 12) -> list[tuple[int, int]]:
+    """Units shown in detail: those with contexts, else the largest maxima of each layer."""
+    if result.contexts:
+        return [(c["layer"], c["neuron"]) for c in result.contexts][:n]
+    per = max(1, n // len(result.layers))
+    out = []
+    for row, layer in enumerate(result.layers):
+        out += [(layer, i) for i in result.amap.act_max[row].float().topk(per).indices.tolist()]
+    return out[:n]
+
+
+def top_tokens_figure(result, mode: str = "input", k: int = 8, min_count: int = 3) -> go.Figure:
+    units = chosen_units(result)
+    z, text = [], []
+    for layer, neuron in units:
+        top = result.top_tokens(layer, neuron, mode, k, min_count)
+        z.append([t["mean"] for t in top] + [None] * (k - len(top)))
+        text.append([visible(t["token"]) for t in top] + [""] * (k - len(top)))
+    fig = go.Figure(go.Heatmap(z=z, text=text, texttemplate="%{text}", colorscale="Viridis",
+                               x=[str(j + 1) for j in range(k)],
+                               y=[f"{layer}_{neuron}" for layer, neuron in units],
+                               colorbar={"title": "mean act"}))
+    fig.update_layout(title=f"Top {k} {mode} tokens of selected units (seen >= {min_count} times)",
+                      xaxis={"title": "rank", "type": "category"},
+                      yaxis={"title": "unit", "type": "category", "autorange": "reversed"},
+                      height=max(300, 28 * len(units) + 140))
+    return fig
+
+
+def positions_figure(result, mode: str = "input") -> go.Figure | None:
+    W = result.amap.n_positions
+    if not W:
+        return None
+    units = chosen_units(result)
+    means = result.means(mode)
+    V = result.amap.d_vocab
+    z = [means[result.layers.index(layer), V:, neuron].tolist() for layer, neuron in units]
+    fig = go.Figure(go.Heatmap(z=z, x=[f"POS_{k}" for k in range(W)],
+                               y=[f"{layer}_{neuron}" for layer, neuron in units],
+                               colorscale="RdBu", zmid=0, colorbar={"title": "mean act"}))
+    fig.update_layout(title="Mean activation per window position ([POS_k] pseudo-tokens)",
+                      yaxis={"type": "category", "autorange": "reversed"},
+                      height=max(300, 28 * len(units) + 140))
+    return fig
+
+
+def contexts_html(result, max_units: int = 8) -> str:
+    """Each unit's max-activating windows, tokens shaded by the unit's activation there."""
+    if not result.contexts:
+        return "<p class='note'>(no max-activating contexts were read for this AMAP)</p>"
+    parts = []
+    for unit in result.contexts[:max_units]:
+        rows = []
+        for w in unit["windows"]:
+            top = max(w["max"], 1e-9)
+            spans = []
+            for tok, a in zip(w["tokens"], w["acts"], strict=True):
+                alpha = min(1.0, max(0.0, a / top))
+                spans.append(f"<span title='{a:.3f}' style='background:rgba(230,80,20,{alpha:.2f})'>"
+                             f"{html.escape(visible(tok))}</span>")
+            rows.append(f"<div><code>{w['max']:.3f}</code> {''.join(spans)}</div>")
+        parts.append(f"<h4>unit {unit['unit']}</h4>" + "".join(rows))
+    return "<div style='font-family:monospace;font-size:13px'>" + "".join(parts) + "</div>"
+
+
+def figures(result) -> dict[str, go.Figure]:
+    out = {"coverage": coverage_figure(result), "unit_means": unit_means_figure(result)}
+    for mode in result.modes:
+        out[f"top_tokens_{mode}"] = top_tokens_figure(result, mode)
+    pos = positions_figure(result, result.modes[0])
+    if pos is not None:
+        out["positions"] = pos
+    return out
+
+
+def section(result) -> Section:
+    inv = [{"check": k, "holds": "yes" if v else "NO"} for k, v in result.invariants.items()]
+    dead = result.dead_units()
+    summary = [{"layer": layer, "units": int(dead.shape[1]), "dead": int(dead[row].sum())}
+               for row, layer in enumerate(result.layers)]
+    items = list(figures(result).values())
+    items += [table_html(summary), table_html(inv), contexts_html(result)]
+    return Section(
+        "Neuron AMAPs", items,
+        note="An AMAP cell is a unit's mean activation over every position whose key is that "
+        "token (input: the token read there; output: the model's argmax prediction there). "
+        "Top-token heatmaps list, per unit, the tokens with the highest mean among tokens seen at "
+        "least 3 times (rare tokens have noisy means). Contexts show the windows where a unit "
+        "peaked, each token shaded by the unit's activation: read a neuron from these, not from "
+        "one token. Invariants are SYSIF's sanity checks and must all hold.",
+    )
