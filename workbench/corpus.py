@@ -22,12 +22,10 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
 
 from workbench.errors import WorkbenchError
 from workbench.paths import cache_dir
 
-Split = Literal["train", "validation", "all"]
 SPLITS: tuple[str, ...] = ("train", "validation", "all")
 VALIDATION_ONE_IN = 50
 #: Bump when the rendering or the split rule changes (it keys the cache).
@@ -90,8 +88,9 @@ def _cached_corpus() -> Path:
     return path
 
 
-def gloss_documents(split: Split = "train") -> Iterator[str]:
-    """Iterate the documents of a split, one string per synset, in WordNet order.
+def gloss_documents(split: str = "train") -> Iterator[str]:
+    """Iterate the documents of a split (``"train"``, ``"validation"`` or ``"all"``), one string
+    per synset, in WordNet order.
 
     >>> docs = list(gloss_documents("validation"))  # doctest: +SKIP
     >>> len(docs), docs[0][:20]  # doctest: +SKIP
@@ -106,7 +105,7 @@ def gloss_documents(split: Split = "train") -> Iterator[str]:
                 yield doc
 
 
-def corpus_sha256(split: Split = "all") -> str:
+def corpus_sha256(split: str = "all") -> str:
     """sha256 of the split's documents joined by newlines (identifies the data in metadata)."""
     h = hashlib.sha256()
     for doc in gloss_documents(split):

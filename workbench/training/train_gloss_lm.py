@@ -51,7 +51,7 @@ class Recipe:
     """Everything that decides the trained weights (recorded in ``metadata.json``)."""
 
     seed: int = 0
-    steps: int = 6000
+    steps: int = 4000
     batch_size: int = 16
     n_ctx: int = 128
     vocab_size: int = 8192
@@ -65,7 +65,7 @@ class Recipe:
     warmup_steps: int = 100
     grad_clip: float = 1.0
     eval_every: int = 500
-    threads: int = 2
+    threads: int = 1
     bf16_autocast: bool = True
     train_doc_stride: int = 1  # use every n-th train document (quick runs use a subset)
     val_doc_stride: int = 1
@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="tiny budget (smoke test, < 1 min)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps (the budget)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (fixed: determinism)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (fixed: determinism)")
     args = parser.parse_args(argv)
     fields = dict(QUICK) if args.quick else {}
     fields.update(seed=args.seed, threads=args.threads)
