@@ -29,8 +29,9 @@ from torch import Tensor
 Mode = Literal["final_ln", "raw"]
 MODES: tuple[str, ...] = ("final_ln", "raw")
 DEFAULT_BUDGET = 256 * 2**20
-# fp32 [rows, vocab] tensors alive at once per row while a chunk is read out: the logits, their
-# log-softmax, its exp, and the bool comparison / argmax temporaries (rounded up to one more).
+# fp32 [rows, vocab] tensors alive at once per row while a chunk is read out: at most two of
+# the logits / their max-shifted copy / its exp, plus the bool comparison and top-k temporaries;
+# rounded up so the budget also covers the allocator's slack.
 _ROW_COPIES = 4
 
 
@@ -181,35 +182,44 @@ def logit_lens(
     for r0 in range(0, n_rows, n_pos):
         r = slice(r0, min(n_rows, r0 + n_pos))
         final_logits = project(rows[-1, r], unembed, mode)  # [rows, vocab]
-        final_top1 = final_logits.argmax(-1)
+        final_top1 = final_logits.topk(1, dim=-1).indices[..., 0]  # the same tie rule as below
         final_logp = final_logits.log_softmax(-1)
         del final_logits
         final_p = final_logp.exp()
         # sum p_f log p_f: KL(final || lens) = this - sum p_f log p_lens (no [rows, vocab] temp).
         final_neg_h = einsum(final_p, final_logp, "r v, r v -> r")
+        del final_logp
         for l0 in range(0, n_lens, n_grp):
             ls = slice(l0, min(n_lens, l0 + n_grp))
             logits = project(rows[ls, r], unembed, mode)  # [lenses, rows, vocab]
             vals, ids = logits.topk(k, dim=-1)
-            lse = logits.logsumexp(-1, keepdim=True)
             topk_ids[ls, r] = ids
-            topk_probs[ls, r] = (vals - lse).exp()
-            agreement[ls, r] = logits.argmax(-1) == final_top1
+            agreement[ls, r] = ids[..., 0] == final_top1
             if flat_targets is not None:
                 tgt = flat_targets[r].expand(logits.shape[0], -1, -1)
                 ranks[ls, r] = target_ranks(logits, tgt)[..., 0]
             if w:
                 wid = watch.to(dev).expand(*logits.shape[:2], w)
                 watch_ranks[ls, r] = target_ranks(logits, wid)
-            logp = logits.sub_(lse)  # in place: the logits are not needed any more
+            # Softmax statistics from logits shifted by their max (= vals[..., 0]); with
+            # z' = z - max, s = sum exp z': log p = z' - log s, H = log s - sum p z',
+            # sum p_f log p = sum p_f z' - log s. Two [lenses, rows, vocab] tensors at most.
+            shifted = logits - vals[..., :1]
             del logits
-            p = logp.exp()
-            entropy[ls, r] = -einsum(p, logp, "l r v, l r v -> l r")
+            p = shifted.exp()
+            s = p.sum(-1, keepdim=True)
+            log_s = s.log()
+            p.div_(s)
+            topk_probs[ls, r] = (vals - vals[..., :1] - log_s).exp()
+            log_s = log_s[..., 0]
+            entropy[ls, r] = log_s - einsum(p, shifted, "l r v, l r v -> l r")
             del p
-            cross = einsum(logp, final_p, "l r v, r v -> l r")
+            cross = einsum(shifted, final_p, "l r v, r v -> l r") - log_s
             kl[ls, r] = (final_neg_h - cross).clamp_(min=0.0)
-            del logp
-        kl[-1, r] = 0.0  # exactly: the final lens against itself
+            del shifted
+        # Exactly, whatever the rounding of the two projections of the final lens.
+        kl[-1, r] = 0.0
+        agreement[-1, r] = True
 
     def unflat(x: Tensor | None, pattern: str) -> Tensor | None:
         return None if x is None else rearrange(x, pattern, batch=batch, pos=pos)

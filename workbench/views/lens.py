@@ -190,3 +190,21 @@ def section(result, position: int | None = None) -> Section:
     items: list = list(figures(result, position).values())
     items.append(table_html(summary_rows(result)))
     return Section("Logit lens", items, note)
+
+
+def mode_comparison_figure(results: dict) -> go.Figure:
+    """Per-layer top-1 agreement with the final lens for several results (e.g. ``final_ln`` vs
+    ``raw`` on the same data), one line each."""
+    fig = go.Figure()
+    labels: list[str] = []
+    for name, res in results.items():
+        labels = res.layer_labels
+        fig.add_trace(go.Scatter(x=labels, y=res.dataset["top1_agreement"].tolist(),
+                                 mode="lines+markers", name=name))
+    fig.update_layout(
+        title="Top-1 agreement with the final layer, per lens mode",
+        xaxis={"type": "category", "categoryorder": "array", "categoryarray": labels,
+               "title": "layer"},
+        yaxis={"range": [0, 1.02], "title": "share of positions"}, height=420,
+    )
+    return fig
