@@ -1,0 +1,118 @@
+"""Semantics of an AMAP: lemma pooling against a direct computation, the full pipeline, refusals,
+and (when its weights exist) the study on tiny-gloss-lm over a slice of the gloss corpus."""
+
+from itertools import islice
+from types import SimpleNamespace
+
+import plotly.graph_objects as go
+import pytest
+import torch
+
+from workbench.analyses import semantics
+from workbench.analyses.amap import analyze as build_amap
+from workbench.data import load_windows
+from workbench.errors import WorkbenchError
+from workbench.models.gloss import MODEL_DIR
+
+TEXT = ["the cat and the dog ran to the barn; a cow, a hen and a pig slept there.",
+        "verbs: run, eat, sleep, swim. adjectives: red, big, small, quick, slow!",
+        "numbers 1 2 3 4 and symbols # % & make the bytes differ quite a lot."]
+WORDS = ["cat", "dog", "cow", "hen", "pig", "barn", "run", "eat", "sleep", "swim", "red", "big",
+         "small", "quick", "slow", "the", "and", "ran", "there", "make", "bytes", "symbols",
+         "numbers", "verbs", "lot", "differ"]
+
+
+def table():
+    rows = []
+    for i, w in enumerate(WORDS):
+        rows.append({"lemma": w, "synset": f"{w}.n.01", "pos": ["noun", "verb", "adjective"][i % 3],
+                     "lexname": f"noun.x{i % 4}", "domain": ["", "zoology.n.01", "law.n.01"][i % 3]})
+    rows.append({"lemma": "\u00ff\u00fe", "synset": "unseen.n.01", "pos": "noun",
+                 "lexname": "noun.x0", "domain": ""})  # bytes the text never holds
+    return rows
+
+
+@pytest.fixture(scope="module")
+def amap(random_tiny):
+    w = load_windows(random_tiny, text=TEXT, window=15, stride=15, bos=False)
+    return build_amap(random_tiny, w, batch_size=4, progress=False, context_units=0, top_k=1)
+
+
+@pytest.fixture(scope="module")
+def result(random_tiny, amap):
+    return semantics.analyze(random_tiny, amap, table=table(), tsne_points=20, prefix="",
+                             tsne_iterations=250, n_permutations=49, max_lemmas=50)
+
+
+def test_pool_is_the_mean_of_seen_piece_columns(random_tiny, amap):
+    pieces = semantics.lemma_pieces(random_tiny.tokenizer, ["cat", "\u00ff"], "")
+    vec, kept = semantics.pool(amap.means(), amap.counts(), pieces)
+    counts = amap.counts()
+    seen = [t for t in pieces[0] if counts[t] > 0]
+    ref = torch.stack([amap.means()[:, t] for t in seen]).mean(0)
+    torch.testing.assert_close(vec[:, 0], ref, atol=1e-6, rtol=1e-6)
+    assert kept.tolist() == [True, False]
+    assert (vec[:, 1] == 0).all()
+
+
+def test_pipeline_counts_tests_and_figures(result, tmp_path):
+    assert result.counts["lemmas"] == len(WORDS) + 1
+    assert result.counts["dropped_unseen"] == 1
+    assert {(t["layer"], t["label"]) for t in result.tests} == {
+        (layer, kind) for layer in (0, 1) for kind in ("domain", "pos", "lexname")}
+    for t in result.tests:
+        assert 0 < t["p_value"] <= 1 and t["n_permutations"] == 49
+    domain = next(t for t in result.tests if t["label"] == "domain")
+    assert domain["n_items"] == sum(1 for r in table()[:-1] if r["domain"])
+    assert result.tsne.shape == (2, 20, 2)
+    figs = result.figures(top=2)
+    assert isinstance(figs["tests"], go.Figure) and "tsne_domain_layer1" in figs
+    hover = figs["tsne_domain_layer0"].data[0].text[0]
+    assert any(hover.startswith(w) for w in WORDS)
+    path = result.save(tmp_path)
+    assert path.name == "semantics.safetensors" and path.exists()
+
+
+def test_amap_from_another_model_is_refused(amap):
+    from workbench.models.random_tiny import random_tiny as make
+
+    with pytest.raises(WorkbenchError, match="another model or tokenizer"):
+        semantics.analyze(make(seed=3), amap, table=table())
+
+
+def test_rows_from_synsets_dedupes_and_maps_satellites():
+    def syn(name, lemma, pos, lex, domain=None):
+        dom = [SimpleNamespace(name=lambda: domain)] if domain else []
+        return SimpleNamespace(lemmas=lambda: [SimpleNamespace(name=lambda: lemma)],
+                               name=lambda: name, pos=lambda: pos, lexname=lambda: lex,
+                               topic_domains=lambda: dom)
+
+    rows = semantics.rows_from_synsets([
+        syn("bank.n.01", "bank", "n", "noun.object", "geography.n.01"),
+        syn("bank.v.01", "bank", "v", "verb.motion"),
+        syn("red.s.01", "red_hot", "s", "adj.all"),
+    ])
+    assert [r["lemma"] for r in rows] == ["bank", "red hot"]
+    assert rows[0]["domain"] == "geography.n.01" and rows[1]["pos"] == "adjective"
+
+
+@pytest.fixture(scope="module")
+def gloss_lm():
+    if not (MODEL_DIR / "model.safetensors").exists():
+        pytest.skip(f"tiny-gloss-lm weights not built yet ({MODEL_DIR})")
+    from workbench import load_model
+
+    return load_model("tiny-gloss-lm", device="cpu")
+
+
+def test_study_on_tiny_gloss_lm_slice(gloss_lm):
+    from workbench.wordnet import open_wordnet
+
+    w = load_windows(gloss_lm, dataset="wordnet-glosses", limit=200, window=15, stride=15,
+                     bos=False)
+    amap = build_amap(gloss_lm, w, batch_size=16, progress=False, context_units=1)
+    assert all(amap.invariants.values())
+    rows = semantics.rows_from_synsets(islice(open_wordnet().all_synsets(), 3000))
+    r = semantics.analyze(gloss_lm, amap, table=rows, layers=[0, 3], max_lemmas=400,
+                          tsne_points=100, tsne_iterations=250, n_permutations=49)
+    assert r.counts["kept"] > 100 and {t["label"] for t in r.tests} >= {"pos", "lexname"}
