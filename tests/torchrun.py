@@ -28,3 +28,31 @@ def torchrun(args: list[str], nproc: int = 2, env: dict[str, str] | None = None,
     full_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), full_env.get("PYTHONPATH")) if p)
     return subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout,
                           cwd=ROOT)
+
+
+def gloss_model() -> str:
+    """tiny-gloss-lm once its weights are in the package, else random-tiny (same code paths)."""
+    weights = ROOT / "workbench" / "models" / "tiny_gloss_lm" / "model.safetensors"
+    return "tiny-gloss-lm" if weights.exists() else "random-tiny"
+
+
+def assert_same_tensors(a: dict, b: dict, rtol: float = 1e-6, what: str = "") -> None:
+    """Same keys; integer tensors (counts) equal exactly; floats within ``rtol`` of the tensor's
+    largest magnitude (elementwise relative error is meaningless on entries that cancel to ~0)."""
+    import torch
+
+    assert set(a) == set(b), f"{what}: keys differ: {sorted(set(a) ^ set(b))}"
+    for k in sorted(a):
+        x, y = a[k], b[k]
+        assert x.shape == y.shape and x.dtype == y.dtype, f"{what}{k}: {x.shape} {x.dtype} vs {y.shape} {y.dtype}"
+        if not x.is_floating_point():
+            assert torch.equal(x, y), f"{what}{k}: integer tensors differ"
+            continue
+        finite = torch.isfinite(x)
+        assert torch.equal(finite, torch.isfinite(y)) and torch.equal(x[~finite].isnan(), y[~finite].isnan()), \
+            f"{what}{k}: NaN/inf pattern differs"
+        x64, y64 = x[finite].double(), y[finite].double()
+        if x64.numel():
+            scale = float(x64.abs().max().clamp(min=1e-300))
+            err = float((x64 - y64).abs().max()) / scale
+            assert err <= rtol, f"{what}{k}: max error {err:.3g} of its scale > {rtol}"
