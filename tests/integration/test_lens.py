@@ -214,3 +214,14 @@ def test_tiny_gloss_lm_lens(tiny_gloss_lm):
     agreement = res.dataset["top1_agreement"]
     assert agreement[-1] == 1 and agreement[-1] > agreement[0]
     assert np.isfinite(res.dataset["mean_kl"].numpy()).all()
+
+
+def test_figures_keep_one_column_per_position(result):
+    figs = result.figures()
+    assert set(figs) == {"topk", "rankings", "watch", "agreement", "rank_hist"}
+    heat = figs["rankings"].data[0]
+    P = result.n_positions
+    # Numeric x: repeated tokens (TEXT has several "e", " ", "t") keep their own columns.
+    assert list(heat.x) == list(range(P - 1))
+    assert [list(row) for row in heat.text] == result.ranks.tolist()
+    assert len(figs["watch"].data[0].x) == 2

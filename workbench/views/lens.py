@@ -16,6 +16,7 @@ from plotly.subplots import make_subplots
 from workbench.views.html import Section, table_html
 
 MAX_TEXT_CELLS = 1500  # beyond this, cell labels clutter the heatmap and slow the page
+MAX_TICKS = 80  # position labels drawn on a rankings axis
 
 
 def visible(text: str) -> str:
@@ -71,10 +72,11 @@ def _rank_heatmap(ranks: torch.Tensor, layers: list[str], xticks: list[str], tit
         customdata=[xticks for _ in layers], colorscale="Viridis_r", zmin=0,
         colorbar=_log_rank_colorbar(int(ranks.max()) if ranks.numel() else 1),
     ))
+    step = max(1, -(-len(xvals) // MAX_TICKS))  # thin the labels; the hover names every column
     fig.update_layout(
         title=title, yaxis=_layer_axis(layers),
-        xaxis={"title": xtitle, "tickmode": "array", "tickvals": xvals, "ticktext": xticks,
-               "tickangle": -60 if len(xvals) > 8 else 0},
+        xaxis={"title": xtitle, "tickmode": "array", "tickvals": xvals[::step],
+               "ticktext": xticks[::step], "tickangle": -60 if len(xvals) > 8 else 0},
         height=max(320, 30 * len(layers) + 200),
     )
     return fig
