@@ -46,14 +46,15 @@ def render_model_card(meta: dict) -> str:
         " Not the shipped model.\n" if r.get("quick") else ""
     minutes = meta["total_seconds"] / 60
     best_k = min(bigram, key=bigram.get)
+    margin = meta["margin_vs_bigram_k0.01"]
     return f"""# tiny-gloss-lm
 {quick}
 A small GPT-style causal language model trained by the workbench, so that the workbench has an
 offline causal LM to analyse. It writes dictionary-style glosses: prompt it with
 `"lemma, lemma:"` (no trailing space) and it continues with a definition.
 
-**Not a general-purpose language model**: 2.9M parameters, trained on ~3M tokens of WordNet
-glosses. Use it to exercise interpretability tooling, not to generate text for people.
+**Not a general-purpose language model**: {meta['n_params'] / 1e6:.1f}M parameters, trained on
+{d['train_tokens'] / 1e6:.1f}M tokens of WordNet glosses. Use it to exercise interpretability tooling, not to generate text for people.
 
 ## Architecture
 TransformerLens `HookedTransformer`, GPT-2 style: {r['n_layers']} layers, d_model {r['d_model']},
@@ -110,8 +111,8 @@ models of the train split on the same tokenizer, scored on the same (previous, n
 {rows}
 | add-0.01 unigram | {meta['unigram_val_loss']:.4f} |
 
-tiny-gloss-lm is **{meta['margin_vs_bigram_k0.01']:.2f} nats/token** below the add-0.01 bigram
-(of the k tried, k = {best_k} is best: {bigram[best_k]:.4f}). `tests/integration/test_tiny_gloss_lm.py` recomputes both on a fixed
+tiny-gloss-lm is **{abs(margin):.2f} nats/token {"below" if margin > 0 else "ABOVE"}** the add-0.01
+bigram (of the k tried, k = {best_k} is best: {bigram[best_k]:.4f}). `tests/integration/test_tiny_gloss_lm.py` recomputes both on a fixed
 slice of the validation split.
 """
 
