@@ -67,3 +67,14 @@ def test_text_shorter_than_a_window_is_a_clear_error(data):
     r = cli("amap", "build", "--model", "random-tiny", "--text", "hello", "--out", data / "short")
     assert r.returncode == 2
     assert "5 tokens" in r.stderr and "window of 15" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_semantics_on_a_built_amap(data, whole):
+    r = cli("semantics", "--amap", whole, "--max-lemmas", "200", "--tsne-points", "60",
+            "--permutations", "19", "--layers", "1", "--out", data / "sem")
+    assert r.returncode == 0, r.stderr
+    assert "layer 1 lexname" in r.stdout
+    html = (data / "sem" / "semantics.html").read_text()
+    assert "t-SNE of lemma AMAPs" in html and "Do lemmas sharing a label" in html
+    r = cli("semantics", "--amap", data / "nothing-here")
+    assert r.returncode == 2 and "no AMAP" in r.stderr
