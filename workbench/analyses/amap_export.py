@@ -149,7 +149,16 @@ def merge(a: AmapResult, b: AmapResult) -> AmapResult:
 def merge_dirs(dirs: Sequence[str | Path]) -> AmapResult:
     if len(dirs) < 2:
         raise WorkbenchError("give at least two AMAP folders to merge")
-    out = load(dirs[0])
-    for d in dirs[1:]:
-        out = merge(out, load(d))
+    from workbench.analyses.shards import check_parts, merged_meta
+
+    parts = [load(d) for d in dirs]
+    # one sharded build (--shard i/n): every part present once, folded in shard order
+    order = check_parts([p.meta for p in parts], list(dirs))
+    out = parts[order[0]]
+    for j in order[1:]:
+        out = merge(out, parts[j])
+    if any("shard" in p.meta for p in parts):
+        out.meta = {**out.meta, "merged_from": merged_meta(
+            [parts[j].meta for j in order], [dirs[j] for j in order])["merged_from"]}
+        out.meta.pop("shard", None)
     return out

@@ -20,6 +20,7 @@ from workbench.errors import WorkbenchError
 
 # Settings that change how the work was done, not what was computed.
 IGNORED_SETTINGS = ("batch_size", "resume", "checkpoint_every", "progress")
+DATA_IDENTITY = ("source", "sha256", "window", "stride", "bos", "n_documents")
 IDENTITY = ("model", "weights_sha256_16", "tokenizer", "tokenizer_vocab", "n_layers", "d_model",
             "d_vocab")
 
@@ -54,7 +55,8 @@ def check_parts(metas: list[dict], paths: list[str | Path]) -> list[int]:
         plain = [n for n, s in zip(names, shards, strict=True) if s is None]
         raise WorkbenchError(f"{plain} are not --shard parts but the others are; merge the "
                              "parts of one sharded build together, then merge whole builds")
-    data = [m.get("data") for m in metas]
+    # a part may record its own slice's window and token counts: compare what names the data
+    data = [{k: (m.get("data") or {}).get(k) for k in DATA_IDENTITY} for m in metas]
     if any(d != data[0] for d in data):
         raise _differs("data (source, sha256, window, stride)", data, names)
     counts = {int(s["count"]) for s in shards}

@@ -35,6 +35,9 @@ def register(sub) -> None:
                    help="units per layer whose contexts are written to amap_contexts.json")
     b.add_argument("--checkpoint-every", type=int, default=50, help="batches between checkpoints")
     b.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
+    b.add_argument("--shard", default=None, metavar="I/N",
+                   help="build only the I-th of N slices of the windows (a job-array task, "
+                   "numbered from 0); fold the N parts with `workbench amap merge`")
     b.add_argument("--memory-limit-gib", type=float, default=None,
                    help="refuse to build when the sums need more than this (default: 80%% free)")
     b.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)  # tests: a kill
@@ -60,18 +63,35 @@ def register(sub) -> None:
 
 def build_main(args) -> int:
     from workbench.analyses.amap import build
+    from workbench.analyses.amap_parallel import build_parallel
     from workbench.cli.common import load_inputs
+    from workbench.distributed import DistContext, parse_shard
+    from workbench.paths import resolve_device
     from workbench.views.amap import section
     from workbench.views.html import Page
 
-    model, windows = load_inputs(args)
-    limit = None if args.memory_limit_gib is None else int(args.memory_limit_gib * 2**30)
-    result = build(model, windows, args.out, batch_size=args.batch_size,
-                   progress=not args.quiet, modes=[x.strip() for x in args.modes.split(",")],
-                   positions=args.positions, layers=args.layers, sum_dtype=args.sum_dtype,
-                   sum_device=args.sum_device, top_k=args.top_k,
-                   context_units=args.context_units, checkpoint_every=args.checkpoint_every,
-                   resume=args.resume, max_batches=args.stop_after, memory_limit=limit)
+    shard = parse_shard(args.shard) if args.shard else None
+    # Under torchrun (WORLD_SIZE > 1) this joins the process group: gloo on CPU, nccl on CUDA.
+    ctx = DistContext.from_env(device=resolve_device(args.device))
+    try:
+        with ctx.guard("amap build"):
+            model, windows = load_inputs(args)
+            limit = None if args.memory_limit_gib is None else int(args.memory_limit_gib * 2**30)
+            options = dict(batch_size=args.batch_size, progress=not args.quiet,
+                           modes=[x.strip() for x in args.modes.split(",")],
+                           positions=args.positions, layers=args.layers,
+                           sum_dtype=args.sum_dtype, sum_device=args.sum_device,
+                           top_k=args.top_k, context_units=args.context_units,
+                           checkpoint_every=args.checkpoint_every, resume=args.resume,
+                           max_batches=args.stop_after, memory_limit=limit)
+            if ctx.is_distributed or shard is not None:
+                result = build_parallel(model, windows, args.out, shard=shard, ctx=ctx, **options)
+            else:
+                result = build(model, windows, args.out, **options)
+    finally:
+        ctx.close()
+    if not ctx.is_main:  # rank 0 writes the whole build
+        return 0
     t = result.throughput
     print(f"{t['tokens']:,} tokens in {t['seconds']:.1f}s ({t['tokens_per_s']:,.0f} tokens/s); "
           f"invariants: {'all hold' if all(result.invariants.values()) else result.invariants}")
