@@ -163,27 +163,28 @@ def nmf(
         w, h = _random_init(x, k, seed)
     else:
         w, h = _nndsvd(x, k, fill=init == "nndsvda")
-    w, h = w.contiguous(), h.contiguous()
+    # W is kept transposed (wt [k, rows], contiguous): each row is one factor, the unit the
+    # sweep updates in place, and no matmul needs a transposed left operand.
+    wt, h = w.T.contiguous(), h.contiguous()
     xx = float(torch.linalg.vector_norm(x.double())) ** 2
-    first = previous = _frobenius(x, w, h)
+    first = previous = _frobenius(x, wt.T, h)
     converged = False
     it = 0
     for it in range(1, max_iter + 1):
-        _hals_sweep(w.T @ x, w.T @ w, h)
+        _hals_sweep(wt @ x, wt @ wt.T, h)
         # The W step is the H step on the transposed problem: xᵀ ≈ hᵀ wᵀ.
         c, d = h @ x.T, h @ h.T  # (x hᵀ)ᵀ and the gram of h
-        wt = w.T.contiguous()
         _hals_sweep(c, d, wt)
-        w = wt.T
         if it % 10 == 0:
             # ‖x − wh‖² = ‖x‖² − 2⟨w, x hᵀ⟩ + ⟨wᵀw, h hᵀ⟩: no pass over x needed.
             sq = xx - 2 * float((wt.double() * c.double()).sum()) + float(
-                ((wt @ w).double() * d.double()).sum())
+                ((wt @ wt.T).double() * d.double()).sum())
             err = max(sq, 0.0) ** 0.5
             if first > 0 and (previous - err) / first < tol:
                 converged = True
                 break
             previous = err
+    w = wt.T.contiguous()
     err = _frobenius(x, w, h)
     norm = xx**0.5
-    return NMF(w.contiguous(), h, err, err / norm if norm > 0 else 0.0, it, converged)
+    return NMF(w, h, err, err / norm if norm > 0 else 0.0, it, converged)
