@@ -48,8 +48,11 @@ def test_stack_matches_transformer_lens_accumulated_resid(random_tiny, result, t
     with torch.no_grad():
         _, cache = random_tiny.run_with_cache(result.tokens[None])
         ref_stack = cache.accumulated_resid(apply_ln=False)[:, 0]
-        ours = project(result._stack, Unembed.from_model(random_tiny), "final_ln")
+        ref_ln = cache.accumulated_resid(apply_ln=True)[:, 0]
+        u = Unembed.from_model(random_tiny)
+        ours = project(result._stack, u, "final_ln")
     torch.testing.assert_close(result._stack, ref_stack)
+    torch.testing.assert_close(u.ln(result._stack), ref_ln)  # LN recomputed per layer
     torch.testing.assert_close(ours, tl_logits[0], rtol=1e-5, atol=1e-5)
 
 
