@@ -169,3 +169,9 @@ def test_encoder_input_mode_works_output_mode_refused(minilm):
     assert all(r.invariants.values()) and r.means().shape[0] == 1
     with pytest.raises(WorkbenchError, match="encoder"):
         analyze(minilm, w, modes=["output"], progress=False)
+
+
+def test_short_text_is_allowed_when_asked(random_tiny):
+    w = load_windows(random_tiny, text="hello", window=15, stride=15, bos=False)
+    r = analyze(random_tiny, w, progress=False, require_full_window=False, context_units=0)
+    assert int(r.counts("input").sum()) == 5 and all(r.invariants.values())

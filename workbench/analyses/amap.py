@@ -202,6 +202,7 @@ def analyze(
     max_batches: int | None = None,
     memory_limit: int | None = None,
     window_offset: int = 0,
+    require_full_window: bool = True,
 ) -> AmapResult:
     """Build the AMAP of ``windows``.
 
@@ -210,10 +211,13 @@ def analyze(
     (raising ``BuildInterrupted``) after that many batches of this run, as a kill would.
     ``context_units``: per layer, how many units (largest max activation) get their top-``top_k``
     windows read out with per-token activations. ``window_offset``: added to window ids (shards).
+    ``require_full_window``: refuse data with no full window (SYSIF would build nothing); a
+    caller analysing one short text (e.g. ``workbench run``) passes False.
     """
     modes = tuple(modes)
     check_model(model, modes)
-    check_windows(windows)
+    if require_full_window:
+        check_windows(windows)
     if sum_dtype not in SUM_DTYPES:
         raise WorkbenchError(f"sum dtype {sum_dtype!r}: use one of {', '.join(SUM_DTYPES)}")
     if top_k < 1 or checkpoint_every < 1:
