@@ -39,6 +39,7 @@ DEFAULT_TIMEOUT_S = 1800  # a collective waits this long for a hung (not dead) r
 _DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.int32,
            torch.int16, torch.int8, torch.uint8, torch.bool]
 _MAX_NDIM = 6
+_CHUNK = 1 << 26  # elements per fp64 all-reduce buffer (512 MiB)
 _KEY = "workbench"
 
 
@@ -161,12 +162,24 @@ class DistContext:
         return {k: self.reduce(accs[k]) for k in sorted(accs)}
 
     def _all_reduce(self, t: torch.Tensor, op) -> torch.Tensor:
-        wide = torch.float64 if t.is_floating_point() else t.dtype
-        buf = t.detach().to(self.device, wide)  # t is a state_dict() copy: reducing in place is fine
-        if buf.dtype == torch.bool:
-            buf = buf.to(torch.uint8)
-        self._collective(lambda: dist.all_reduce(buf, op=op))
-        return buf.to(t.device, t.dtype)
+        """Elementwise reduce of a ``state_dict()`` copy (so in place); floats added in fp64.
+
+        Upcasting goes chunk by chunk: a gpt2 AMAP's fp32 sums are 7 GB per mode, and a whole
+        fp64 copy of them would double that on the GPU.
+        """
+        out = t.detach().to(self.device)
+        if out.dtype == torch.bool:
+            out = out.to(torch.uint8)
+        flat = out.reshape(-1)
+        if not out.is_floating_point() or out.dtype == torch.float64:
+            self._collective(lambda: dist.all_reduce(flat, op=op))
+        else:
+            for start in range(0, flat.numel(), _CHUNK):
+                piece = flat[start : start + _CHUNK]
+                wide = piece.to(torch.float64)
+                self._collective(lambda w=wide: dist.all_reduce(w, op=op))
+                piece.copy_(wide)  # one rounding of the fp64 total, not one per rank
+        return out.reshape(t.shape).to(t.device, t.dtype)
 
     def _all_gather(self, t: torch.Tensor, shapes: list[tuple[int, ...]]) -> list[torch.Tensor]:
         """Every rank's ``t`` (shapes may differ, e.g. bottom-k samples not yet full)."""
