@@ -64,10 +64,25 @@ def activation_matrix(
     return x.clamp_min(0)
 
 
+def _top_svd(x: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The top-k singular triplets (fp64) from the Gram matrix of the short side.
+
+    O(short² · long) instead of a full SVD's; on tokens × (layers · neurons) matrices that is
+    what keeps the start from costing more than the whole fit. Accurate for the leading
+    components, which are all an NMF start needs.
+    """
+    wide = x.shape[0] <= x.shape[1]
+    a = x if wide else x.T  # [short, long]
+    vals, vecs = torch.linalg.eigh((a @ a.T).double())  # ascending
+    s = vals.flip(0)[:k].clamp_min(0).sqrt()
+    u = vecs.flip(1)[:, :k]
+    v = (u.T @ a.double()) / s.clamp_min(torch.finfo(torch.float64).tiny)[:, None]
+    return (u, s, v) if wide else (v.T, s, u.T)
+
+
 def _nndsvd(x: Tensor, k: int, fill: bool) -> tuple[Tensor, Tensor]:
     """NNDSVD (``fill``: NNDSVDa, zeros replaced by the mean of x), vectorized over components."""
-    u, s, vh = torch.linalg.svd(x.double(), full_matrices=False)
-    u, s, vh = u[:, :k], s[:k], vh[:k]
+    u, s, vh = _top_svd(x, k)
     up, un = u.clamp_min(0), (-u).clamp_min(0)
     vp, vn = vh.clamp_min(0), (-vh).clamp_min(0)
     upn, unn = torch.linalg.vector_norm(up, dim=0), torch.linalg.vector_norm(un, dim=0)
