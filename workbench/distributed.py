@@ -164,22 +164,24 @@ class DistContext:
     def _all_reduce(self, t: torch.Tensor, op) -> torch.Tensor:
         """Elementwise reduce of a ``state_dict()`` copy (so in place); floats added in fp64.
 
-        Upcasting goes chunk by chunk: a gpt2 AMAP's fp32 sums are 7 GB per mode, and a whole
-        fp64 copy of them would double that on the GPU.
+        Upcasts and moves to the collective's device go chunk by chunk: a gpt2 AMAP's fp32 sums
+        are 7 GB per mode, and a whole fp64 copy (or a host-side ``--sum-device cpu`` state
+        copied to the GPU for nccl) would not fit beside them.
         """
-        out = t.detach().to(self.device)
+        out = t.detach()
         if out.dtype == torch.bool:
             out = out.to(torch.uint8)
         flat = out.reshape(-1)
-        if not out.is_floating_point() or out.dtype == torch.float64:
+        wide = torch.float64 if out.is_floating_point() else out.dtype
+        if out.device == self.device and wide == out.dtype:
             self._collective(lambda: dist.all_reduce(flat, op=op))
         else:
             for start in range(0, flat.numel(), _CHUNK):
                 piece = flat[start : start + _CHUNK]
-                wide = piece.to(torch.float64)
-                self._collective(lambda w=wide: dist.all_reduce(w, op=op))
-                piece.copy_(wide)  # one rounding of the fp64 total, not one per rank
-        return out.reshape(t.shape).to(t.device, t.dtype)
+                buf = piece.to(self.device, wide)
+                self._collective(lambda b=buf: dist.all_reduce(b, op=op))
+                piece.copy_(buf)  # one rounding of the fp64 total, not one per rank
+        return out.reshape(t.shape).to(t.dtype)
 
     def _all_gather(self, t: torch.Tensor, shapes: list[tuple[int, ...]]) -> list[torch.Tensor]:
         """Every rank's ``t`` (shapes may differ, e.g. bottom-k samples not yet full)."""
