@@ -14,7 +14,7 @@ The windows are split into G contiguous groups; each group is analysed in both l
 - Watched tokens: ranks of chosen tokens per layer at the last position of a prompt (ecco's
   "The keys to the cabinet" → " is" / " are"), for every candidate whose tokens are single pieces.
 
-    .venv/bin/python experiments/logit_lens_agreement.py [--model tiny-gloss-lm] [--docs 300]
+    .venv/bin/python experiments/logit_lens_agreement.py [--model tiny-gloss-lm] [--docs 1000]
 
 Writes ``experiments/results/logit_lens_agreement.md`` and ``.html`` (figures) beside it.
 """
@@ -31,6 +31,7 @@ import torch
 
 from workbench import load_model
 from workbench.analyses.lens import LensResult, analyze
+from workbench.artifacts import weights_hash
 from workbench.data import load_windows
 from workbench.errors import WorkbenchError
 from workbench.views.html import Page, Section, table_html
@@ -94,7 +95,9 @@ def watched(model, mode: str) -> tuple[list[dict], list, list[str]]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="tiny-gloss-lm")
-    ap.add_argument("--docs", type=int, default=300, help="validation gloss documents")
+    ap.add_argument("--model-dir", type=Path, default=None,
+                    help="a tiny-gloss-lm folder written by the training script (instead of --model)")
+    ap.add_argument("--docs", type=int, default=1000, help="validation gloss documents")
     ap.add_argument("--window", type=int, default=64)
     ap.add_argument("--groups", type=int, default=8)
     ap.add_argument("--out", type=Path, default=RESULTS)
@@ -103,7 +106,12 @@ def main(argv: list[str] | None = None) -> int:
 
     note = ""
     try:
-        model = load_model(args.model, device="cpu")
+        if args.model_dir is not None:
+            from workbench.models.gloss import build_model
+
+            model = build_model(args.model_dir)
+        else:
+            model = load_model(args.model, device="cpu")
     except WorkbenchError as exc:
         note = (f"**{args.model} could not be loaded ({exc}); this run uses `random-tiny` (random "
                 "weights, never trained), so the numbers only show the pipeline, not a finding.**")
@@ -164,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         verdict1 = verdict2 = "no verdict (untrained model)"
     md = [
         "# Logit lens agreement", "",
-        f"Model `{name}` ({L} blocks, {L + 1} lenses); data `{windows.source}` "
+        f"Model `{name}` (weights sha256 {weights_hash(model)}…, {L} blocks, {L + 1} lenses); data `{windows.source}` "
         f"({len(windows)} windows of ≤{args.window} tokens from {args.docs} documents, "
         f"{int(total['final_ln'].dataset['n_positions'])} positions), split into "
         f"{args.groups} contiguous groups. Produced by `experiments/logit_lens_agreement.py`; "
@@ -180,6 +188,11 @@ def main(argv: list[str] | None = None) -> int:
         f"Statistic: mean agreement over non-final lenses, final_ln − raw. All positions: "
         f"{d_all:+.4f}; over groups: {diffs.mean():+.4f} ± {se:.4f} (s.e.); positive in "
         f"{n_pos}/{len(diffs)} groups (one-sided sign test p = {sign_p:.4f}). **{verdict2}**.", "",
+        "Reading: top-1 is invariant to the positive per-position scale the final LayerNorm "
+        "divides by, so the two modes can only disagree on the argmax through the LN's mean "
+        "centering, its learned gain and bias, and the relative weight of the unembedding bias. "
+        "Ranks are scale-invariant too. The scale does set the softmax temperature, so KL and "
+        "entropy can differ much more between the modes than agreement and ranks do.", "",
         "## Per layer (all positions)", "", markdown_table(rows), "",
         "## Watched tokens (final_ln, last position of the prompt)", "",
         markdown_table(watch_rows) if watch_rows else "(no candidate tokenized to single pieces)",
