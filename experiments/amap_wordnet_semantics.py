@@ -157,6 +157,8 @@ def markdown(args, windows, trained, control, rows, timings, alpha) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="tiny-gloss-lm")
+    p.add_argument("--model-dir", type=Path, default=None,
+                   help="load the model from a training-script output folder instead")
     p.add_argument("--every", type=int, default=3,
                    help="use every N-th gloss document, spread over all of WordNet (default 3: "
                    "keeps the run within 15 minutes on 2 cores)")
@@ -166,10 +168,19 @@ def main(argv=None) -> int:
     p.add_argument("--max-lemmas", type=int, default=3000)
     p.add_argument("--tsne-points", type=int, default=1500)
     p.add_argument("--out", type=Path, default=Path("out") / NAME)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (1 is faster when other processes share the cores)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     t_start = time.time()
-    model = load_model(args.model, device="cpu")
+    if args.model_dir is not None:
+        from workbench.models.gloss import build_model
+
+        model = build_model(args.model_dir)
+    else:
+        model = load_model(args.model, device="cpu")
     windows = gloss_windows(model, args.every, args.limit)
     print(f"{len(windows):,} windows, {windows.n_tokens:,} tokens")
     amap, sem, t_amap, t_sem = run(model, windows, args.out / "trained", args)
