@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -124,7 +125,9 @@ def markdown(args, windows, trained, control, rows, timings, alpha) -> str:
         f"- statistic: mean within-label minus between-label cosine of per-neuron standardised "
         f"lemma AMAPs; {args.permutations} label permutations; Bonferroni alpha "
         f"{alpha:.4g} over {len(rows)} tests",
-        "- timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()), "",
+        "- timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()),
+        f"- command: `{' '.join(['python', *sys.argv])}` (torch threads "
+        f"{torch.get_num_threads()})", "",
         "## Results", "",
         "| layer | label | n | groups | T trained | p trained | effect trained | T control | "
         "p control | effect control | supported |",
