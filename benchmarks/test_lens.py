@@ -103,14 +103,8 @@ def test_lens_ranks(benchmark, device, method, size):
     assert untied.float().mean() > 0.9 and torch.equal(ranks[untied], ref[untied])
 
 
-@pytest.mark.parametrize("size", RANK_SIZES, ids=lambda s: f"L{s[0]}xP{s[1]}xV{s[2]}xD{s[3]}")
-@pytest.mark.parametrize("method", ["ecco_argsort", "workbench_ranks", "workbench_readout"])
-@pytest.mark.benchmark(group="lens-ranks-from-residuals")
-def test_lens_ranks_from_residuals(benchmark, device, method, size):
-    """From the residual stack: projection (the same matmul for all) + ranking."""
+def _from_residuals(benchmark, device, size, fn, role):
     stack, u, targets = _setup(size, device)
-    fn = {"ecco_argsort": ecco_ranks, "workbench_ranks": workbench_ranks,
-          "workbench_readout": workbench_readout}[method]
 
     def timed():
         r = fn(stack, u, targets)
@@ -118,12 +112,38 @@ def test_lens_ranks_from_residuals(benchmark, device, method, size):
         return r
 
     ranks = benchmark.pedantic(timed, rounds=1 if QUICK else 3, iterations=1)
-    benchmark.extra_info.update({"role": _role(method), "device": device, "lenses": size[0],
+    benchmark.extra_info.update({"role": role, "device": device, "lenses": size[0],
                                  "positions": size[1], "vocab": size[2], "d_model": size[3]})
     # Per-layer vs batched matmuls round differently, which can swap near-tied logits: ranks
     # agree exactly almost everywhere and by a step or two where they do not.
     ref = workbench_ranks(stack, u, targets)
     assert (ranks == ref).float().mean() > 0.98 and (ranks - ref).abs().max() <= 3
+
+
+# One test function per method so the ratio table (benchmarks/report.py) keeps a row for each.
+RESID_SIZES = pytest.mark.parametrize("size", RANK_SIZES,
+                                      ids=lambda s: f"L{s[0]}xP{s[1]}xV{s[2]}xD{s[3]}")
+
+
+@RESID_SIZES
+@pytest.mark.benchmark(group="lens-ranks-from-residuals")
+def test_ecco_argsort_from_residuals(benchmark, device, size):
+    """ecco: per layer, project (ln_final + unembed), argsort the vocabulary, find the target."""
+    _from_residuals(benchmark, device, size, ecco_ranks, "baseline")
+
+
+@RESID_SIZES
+@pytest.mark.benchmark(group="lens-ranks-from-residuals")
+def test_workbench_ranks_from_residuals(benchmark, device, size):
+    """Project all lenses, count the logits strictly greater than the target's."""
+    _from_residuals(benchmark, device, size, workbench_ranks, "workbench")
+
+
+@RESID_SIZES
+@pytest.mark.benchmark(group="lens-ranks-from-residuals")
+def test_workbench_full_readout_from_residuals(benchmark, device, size):
+    """The analysis' chunked read-out: top-k, ranks, entropy, KL and agreement together."""
+    _from_residuals(benchmark, device, size, workbench_readout, "workbench")
 
 
 def softmax_sort_topk(logits, k):
