@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -45,7 +46,9 @@ def build_model(
     fields = json.loads((folder / "config.json").read_text())
     cfg = HookedTransformerConfig(**fields, device=device, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
-    model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
+    with warnings.catch_warnings():  # TL 3.9 flags HookedTransformer for 4.0; we pin 3.9
+        warnings.filterwarnings("ignore", "HookedTransformer is deprecated", DeprecationWarning)
+        model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
     state = {k: v.to(dtype) for k, v in load_file(str(folder / "model.safetensors")).items()}
     result = model.load_state_dict(state, strict=False)
     # Only the causal-mask buffers (rebuilt by the constructor) are not stored.
@@ -61,5 +64,5 @@ def build_model(
 
 
 def load_tiny_gloss_lm(device: str = "cpu", dtype: torch.dtype = torch.float32) -> HookedTransformer:
-    """The packaged ``tiny-gloss-lm`` (offline; ~1 s on CPU)."""
+    """The packaged ``tiny-gloss-lm`` (offline; ~0.1 s on CPU)."""
     return build_model(MODEL_DIR, device=device, dtype=dtype)

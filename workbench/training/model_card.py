@@ -90,7 +90,7 @@ licence:
 Seed {r['seed']}; {r['steps']:,} AdamW steps (lr {r['lr']}, betas {tuple(r['betas'])}, weight
 decay {r['weight_decay']} on matrices, {r['warmup_steps']} warmup steps then cosine decay to 10%,
 gradient clip {r['grad_clip']}); batches of {r['batch_size']} windows x {r['n_ctx']} tokens, each
-starting at a random document boundary; bf16 autocast; {r['threads']} CPU threads, deterministic
+starting at a random document boundary; bf16 autocast; {r['threads']} CPU thread(s), deterministic
 algorithms. The budget is a step count, so a rerun with the same seed and thread count gives the
 same losses. Training took {meta['train_seconds'] / 60:.1f} min ({meta['tokens_per_second']:,}
 tokens/s; {minutes:.1f} min in all, on a 2-core CPU shared with other jobs), torch
