@@ -87,6 +87,35 @@ def table(cpu: dict, cuda: dict | None = None, compare: dict | None = None) -> s
     return "\n".join(lines)
 
 
+def end_to_end(data: dict) -> str:
+    """Tokens/s, overhead over the bare forward and peak memory of the ``e2e-*`` groups."""
+    benches = [b for b in data.get("benchmarks", []) if (b.get("group") or "").startswith("e2e-")]
+    if not benches:
+        return ""
+    speed = [b for b in benches if b["group"] != "e2e-memory"]
+    memory = [b for b in benches if b["group"] == "e2e-memory"]
+    lines = ["| end-to-end (CPU) | tokens | median s | tokens/s | × bare forward time |",
+             "|---|---|---|---|---|"]
+    for group in sorted({b["group"] for b in speed}):
+        inside = [b for b in speed if b["group"] == group]
+        base = [b for b in inside if role(b) == "baseline"]
+        for b in sorted(inside, key=lambda b: role(b) != "baseline"):
+            info, med = b.get("extra_info") or {}, b["stats"]["median"]
+            over = f"{med / base[0]['stats']['median']:.1f}×" if base else "—"
+            lines.append(f"| {group}: {b['name'].removeprefix('test_')} | {info.get('tokens', '?')} | {med:.3f} | "
+                         f"{info.get('tokens_per_s', 0):,.0f} | {over} |")
+    if memory:
+        lines += ["", "| peak memory (fresh process, CPU) | tokens | peak RSS MiB | "
+                  "growth over loaded model MiB |", "|---|---|---|---|"]
+        for b in memory:
+            info = b.get("extra_info") or {}
+            peak, growth = info.get("peak_mib"), info.get("growth_mib")
+            lines.append(f"| {b['name'].removeprefix('test_')} | {info.get('tokens', '?')} | "
+                         f"{f'{peak:.0f}' if peak else '?'} | "
+                         f"{f'{growth:.0f}' if growth is not None else '?'} |")
+    return "\n".join(lines)
+
+
 def machine(data: dict) -> str:
     m = data.get("machine_info", {})
     cpu = m.get("cpu", {})
@@ -116,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     cuda = json.loads(args.cuda.read_text()) if args.cuda else None
     old = json.loads(args.compare.read_text()) if args.compare else None
     text = table(cpu, cuda, old)
+    e2e = end_to_end(cpu)
+    if e2e:
+        text += "\n\n" + e2e
     info = f"CPU run: {machine(cpu)}" + (f"\n\nCUDA run: {machine(cuda)}" if cuda else
                                           "\n\nCUDA: not measured (no GPU lent to this run).")
     print(text + "\n\n" + info)

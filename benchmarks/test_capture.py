@@ -4,13 +4,15 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import QUICK
 
 PROBE = r"""
-import json, resource, sys, tempfile, torch
+import json, sys, tempfile, torch
+from memprobe import peak_kib, reset_peak
 from workbench.capture import resid_hooks, run
 from workbench.data import load_windows
 from workbench.models.random_tiny import random_tiny
@@ -21,28 +23,30 @@ text = ("".join(chr(97 + (i * 7) % 26) for i in range(n_tokens)))
 with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
     f.write(text)
 w = load_windows(model, file=f.name, window=255)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+before = reset_peak()
 total = torch.zeros((), dtype=torch.float64)
 def reduce(batch):
     global total
     for a in batch.acts.values():
         total += a.double().sum()
 run(model, w, resid_hooks(model), [reduce], batch_size=8, progress=False)
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+after = peak_kib()
 print(json.dumps({"tokens": w.n_tokens, "windows": len(w), "rss_before_kib": before,
                   "rss_after_kib": after, "growth_kib": after - before}))
 """
 
 
 def peak(n_tokens: int) -> dict:
+    env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONPATH": str(Path(__file__).parent)}
     out = subprocess.run([sys.executable, "-c", PROBE, str(n_tokens)], capture_output=True,
-                         text=True, check=True, env={**os.environ, "TQDM_DISABLE": "1"})
+                         text=True, check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.benchmark(group="capture-memory")
 def test_capture_memory_is_bounded_as_tokens_grow(benchmark):
-    """Peak RSS while capturing all resid hooks of 1k vs 10k tokens (fresh processes)."""
+    """Peak RSS (VmHWM, see memprobe) while capturing all resid hooks of 1k vs 10k tokens
+    (fresh processes): the peak and its growth above the RSS before the capture."""
     small, large = (200, 2000) if QUICK else (1000, 10000)
     res = benchmark.pedantic(lambda: (peak(small), peak(large)), rounds=1, iterations=1)
     a, b = res

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -100,7 +101,8 @@ def test_histogram_engine(benchmark, matrix, device):
 # --- peak memory as the token count grows 10× -----------------------------------------------
 
 PROBE = r"""
-import json, resource, sys, numpy as np, torch
+import json, sys, numpy as np, torch
+from memprobe import peak_kib, reset_peak
 from workbench.kernels.histogram import Histogram, linear_edges
 from workbench.kernels.moments import Moments
 torch.set_num_threads(1)
@@ -112,7 +114,7 @@ def chunk(i):  # one batch of hidden states, [layers, tokens*dims]; made on dema
 warm = chunk(0)  # allocator, kernels and one chunk warmed up before the baseline reading
 Moments(L).update(warm.T); Histogram(linear_edges(), L).update(warm.T)
 del warm
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+before = reset_peak()
 if mode == "engine":
     m, h = Moments(L), Histogram(linear_edges(), L)
     for i in range(chunks):
@@ -123,7 +125,7 @@ else:  # the seed: hold the whole (layers x tokens*dims) matrix, then numpy
     x = np.concatenate([chunk(i).numpy() for i in range(chunks)], axis=1)
     r2 = np.corrcoef(x) ** 2; np.cov(x)
     [np.histogram(x[v], bins=np.linspace(-15, 15, 301)) for v in range(L)]
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+after = peak_kib()
 print(json.dumps({"mode": mode, "chunks": chunks, "rss_before_kib": before,
                   "rss_peak_kib": after, "growth_kib": after - before}))
 """
@@ -132,7 +134,8 @@ print(json.dumps({"mode": mode, "chunks": chunks, "rss_before_kib": before,
 def peak(mode: str, chunks: int, tokens: int) -> dict:
     out = subprocess.run([sys.executable, "-c", PROBE, mode, str(chunks), str(tokens)],
                          capture_output=True, text=True, check=True,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+                         env={**os.environ, "OMP_NUM_THREADS": "1",
+                              "PYTHONPATH": str(Path(__file__).parent)})
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

@@ -110,10 +110,10 @@ def _encode_chunked(documents: Iterable[str], tokenizer, chunk: int = 2048):
     for doc in documents:
         buf.append(doc)
         if len(buf) == chunk:
-            yield from zip(buf, tokenizer(buf, add_special_tokens=False)["input_ids"])
+            yield from zip(buf, tokenizer(buf, add_special_tokens=False)["input_ids"], strict=True)
             buf = []
     if buf:
-        yield from zip(buf, tokenizer(buf, add_special_tokens=False)["input_ids"])
+        yield from zip(buf, tokenizer(buf, add_special_tokens=False)["input_ids"], strict=True)
 
 
 def tokenize_documents(

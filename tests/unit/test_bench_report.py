@@ -37,3 +37,22 @@ def test_readme_table_is_replaced_between_markers(tmp_path):
     report.write_readme(readme, "NEW")
     body = readme.read_text()
     assert "old" not in body and "NEW" in body and body.endswith("footer\n")
+
+
+def test_end_to_end_lines_show_tokens_per_s_overhead_and_memory():
+    def e2e(name, group, median, role, **info):
+        b = bench(name, group, median, role=role)
+        b["extra_info"].update(info)
+        return b
+
+    data = {"benchmarks": [
+        e2e("test_run[bare_forward]", "e2e-run", 0.5, "baseline", tokens=1000, tokens_per_s=2000),
+        e2e("test_run[workbench_run]", "e2e-run", 2.0, "workbench", tokens=1000, tokens_per_s=500),
+        e2e("test_peak[run]", "e2e-memory", 9.0, "workbench", tokens=1000, peak_mib=800.4,
+            growth_mib=250.6),
+    ]}
+    text = report.end_to_end(data)
+    assert "| e2e-run: run[workbench_run] | 1000 | 2.000 | 500 | 4.0× |" in text
+    assert "| e2e-run: run[bare_forward] | 1000 | 0.500 | 2,000 | 1.0× |" in text
+    assert "| peak[run] | 1000 | 800 | 251 |" in text
+    assert report.end_to_end({"benchmarks": []}) == ""
