@@ -214,7 +214,10 @@ def read_jsonl(path: str | Path, field: str = "text") -> list[str]:
 
 def dataset_documents(name: str, split: str = "train", field: str = "text",
                       limit: int | None = None) -> tuple[list[str], str]:
-    """Documents of a built-in dataset or an HF ``datasets`` name, and a source label."""
+    """Documents of a built-in dataset or an HF ``datasets`` name, and a source label.
+
+    An HF dataset with configurations is named ``name:config`` (``wikitext:wikitext-103-raw-v1``).
+    """
     if name in BUILTIN_DATASETS:
         from workbench.corpus import gloss_documents
 
@@ -232,7 +235,8 @@ def dataset_documents(name: str, split: str = "train", field: str = "text",
     from workbench.models.hub import hub_reachable
 
     try:
-        ds = datasets.load_dataset(name, split=split, streaming=limit is not None)
+        path, _, config = name.partition(":")
+        ds = datasets.load_dataset(path, config or None, split=split, streaming=limit is not None)
     except Exception as exc:
         if not hub_reachable():
             raise OfflineError(

@@ -24,7 +24,8 @@ def add_input_args(p: argparse.ArgumentParser, window: int | None = None,
     src = p.add_mutually_exclusive_group(required=source_required)
     src.add_argument("--text", help="the text to analyse")
     src.add_argument("--file", type=Path, help="a UTF-8 text file, or .jsonl (see --field)")
-    src.add_argument("--dataset", help="wordnet-glosses (offline) or an HF datasets name")
+    src.add_argument("--dataset", help="wordnet-glosses (offline) or an HF datasets name "
+                     "(name:config when it has configurations)")
     p.add_argument("--field", default="text", help="JSONL / dataset field (default text)")
     p.add_argument("--limit", type=int, default=None, help="at most this many dataset documents")
     p.add_argument("--window", type=int, default=window, help="tokens per window (default: context)")
