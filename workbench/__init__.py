@@ -3,7 +3,7 @@
 1. ``model = workbench.load_model("tiny-gloss-lm")`` (offline) or any TransformerLens name.
 2. ``windows = workbench.data.from_text("some text", model.tokenizer)`` (or a file, JSONL, dataset).
 3. Run an analysis (``workbench.analyses.*``): one streaming pass, mergeable accumulators.
-4. Read the result's tensors, call ``.figure()``, or save the artifacts (safetensors + JSON).
+4. Read the result's tensors, call ``.figures()`` (plotly), or save the artifacts (safetensors + JSON).
 """
 
 from workbench.errors import OfflineError, WorkbenchError

@@ -41,7 +41,7 @@ def build_model(
     if missing:
         raise WorkbenchError(
             f"the tiny-gloss-lm folder {folder} lacks {', '.join(missing)}. Reinstall the "
-            f"workbench package, or retrain the model into it: `{RETRAIN}` (~25 min on 2 cores)."
+            f"workbench package, or retrain the model into it: `{RETRAIN}` (about 22 min on an idle 2-core machine)."
         )
     fields = json.loads((folder / "config.json").read_text())
     cfg = HookedTransformerConfig(**fields, device=device, dtype=dtype)
