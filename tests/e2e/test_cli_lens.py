@@ -40,3 +40,14 @@ def test_lens_user_errors_exit_2(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "pieces" in r.stderr and "' '" in r.stderr
     assert not (tmp_path / "lens.safetensors").exists()
+
+
+def test_lens_over_several_windows_says_where_the_other_windows_are(tmp_path):
+    text = " ".join(f"word{i} sits in the cabinet" for i in range(12))  # 3 windows of 128
+    r = cli("--text", text, "--k", "2", "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert ("per-position top-k shown for window 0 of 3; ranks of every position of all 3 "
+            "windows are in lens.safetensors:window_ranks") in r.stdout
+    t, _ = artifacts.load(tmp_path / "lens.safetensors")
+    assert t["window_ranks"].shape == (3, 3, 127) and t["window_tokens"].shape == (3, 128)
+    assert "window_ranks" in (tmp_path / "lens.html").read_text()

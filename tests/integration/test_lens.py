@@ -228,3 +228,104 @@ def test_figures_keep_one_column_per_position(result):
     assert list(heat.x) == list(range(P - 1))
     assert [list(row) for row in heat.text] == result.ranks.tolist()
     assert len(figs["watch"].data[0].x) == 2
+
+
+# --- Every window: text longer than the context keeps its ranks at every position. ---
+
+LONG = " ".join(f"word{i} sits in the cabinet" for i in range(12))  # 3 windows of random-tiny's 128
+
+
+@pytest.fixture(scope="module")
+def long_windows(random_tiny):
+    w = load_windows(random_tiny, text=LONG)  # default window: the model's context
+    assert len(w) >= 3 and w.mask[:-1].all() and not w.mask[-1].all()  # padding in the last
+    return w
+
+
+@pytest.fixture(scope="module")
+def long_result(random_tiny, long_windows):
+    # batch_size 2: a full batch, then a batch trimmed to the shorter last window.
+    return analyze(random_tiny, long_windows, k=3, watch=["a", 101], batch_size=2, progress=False)
+
+
+def assert_ranks_match(ours: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> None:
+    """``ours[..., t]`` equals the full-vocabulary argsort rank of ``targets[..., t]`` in
+    ``logits[..., :]``, except where another logit is within 1e-4 of the target's: there only the
+    tie band is checked (our batched, padded forward may order near-equal logits differently)."""
+    order = torch.argsort(logits, dim=-1, descending=True, stable=True).unsqueeze(-2)
+    ref = (order == targets.unsqueeze(-1)).float().argmax(-1) + 1  # [..., t]
+    diff = logits.unsqueeze(-2) - logits.gather(-1, targets).unsqueeze(-1)  # [..., t, vocab]
+    near = (diff.abs() < 1e-4).sum(-1) > 1
+    assert (~near).float().mean() > 0.9
+    assert torch.equal(ours[~near], ref[~near])
+    low, high = 1 + (diff > 1e-4).sum(-1), (diff >= -1e-4).sum(-1)
+    assert ((ours >= low) & (ours <= high))[near].all()
+
+
+def test_window_ranks_equal_naive_ranks_of_every_window(random_tiny, long_windows, long_result):
+    w, r = long_windows, long_result
+    n, width = w.tokens.shape
+    L1 = len(r.layer_labels)
+    assert r.window_ranks.shape == (L1, n, width - 1) and r.window_ranks.dtype == torch.int32
+    assert r.window_watch_ranks.shape == (L1, n, width, 2)
+    assert torch.equal(r.window_doc_ids, w.doc_ids) and torch.equal(r.window_starts, w.starts)
+    for i in range(n):
+        toks = w.tokens[i][w.mask[i]]
+        m = len(toks)
+        assert torch.equal(r.window_tokens[i, :m], toks) and (r.window_tokens[i, m:] == -1).all()
+        lens_logits, _ = tl_lens_logits(random_tiny, toks)  # run_with_cache, accumulated_resid
+        got = r.window_ranks[:, i, : m - 1].long()
+        assert_ranks_match(got[..., None], lens_logits[:, :-1], toks[1:, None].expand(L1, -1, 1))
+        # The last real position has no next token; padding has no rank.
+        assert (r.window_ranks[:, i, m - 1 :] == -1).all()
+        assert torch.equal(r.ranks_of_window(i).ranks, got)
+        wid = r.watch_ids.expand(L1, m, -1)
+        assert_ranks_match(r.window_watch_ranks[:, i, :m].long(), lens_logits, wid)
+        assert (r.window_watch_ranks[:, i, m:] == -1).all()
+    assert (r.window_ranks[:, -1] == -1).any()  # the last window is padded
+    assert int((r.window_ranks[0] > 0).sum()) == int(r.dataset["n_targets"])
+
+
+def test_window_zero_is_the_per_text_view(long_result):
+    r = long_result
+    P = r.n_positions
+    assert torch.equal(r.window_tokens[0, :P], r.tokens)
+    assert torch.equal(r.window_ranks[:, 0, : P - 1].long(), r.ranks)
+    assert torch.equal(r.window_watch_ranks[:, 0, :P].long(), r.watch_ranks)
+    rk = r.ranks_of_window(-1)
+    assert rk.positions == list(range(rk.ranks.shape[1])) and " → " in rk.columns[0]
+    with pytest.raises(WorkbenchError, match="outside the input's 3 windows"):
+        r.ranks_of_window(3)
+
+
+def test_window_ranks_in_generated_mode_are_the_input_windows(random_tiny):
+    short = load_windows(random_tiny, text="Heathrow airport is in")
+    g = analyze(random_tiny, short, k=3, generate=4, progress=False)
+    n = int(short.mask[0].sum())
+    assert g.window_ranks.shape[1] == 1 and g.n_positions == n + 4
+    # Teacher-forced ranks of the prompt window: ranks' first n-1 columns, not the generation.
+    assert torch.equal(g.window_ranks[:, 0, : n - 1].long(), g.ranks[:, : n - 1])
+    assert (g.window_ranks[:, 0, n - 1 :] == -1).all()
+
+
+def test_saved_window_keys_and_dtypes(long_result, tmp_path):
+    r = long_result
+    t, _ = artifacts.load(r.save(tmp_path))
+    L1, n, width = len(r.layer_labels), r.n_windows, r.window_tokens.shape[1]
+    expect = {"window_tokens": ((n, width), torch.int64),
+              "window_ranks": ((L1, n, width - 1), torch.int32),
+              "window_watch_ranks": ((L1, n, width, 2), torch.int32),
+              "window_doc_ids": ((n,), torch.int64), "window_starts": ((n,), torch.int64),
+              "tokens": ((r.n_positions,), torch.int64),
+              "ranks": ((L1, r.n_positions - 1), torch.int64)}
+    for key, (shape, dtype) in expect.items():
+        assert tuple(t[key].shape) == shape and t[key].dtype == dtype, key
+    assert torch.equal(t["window_ranks"], r.window_ranks)
+
+
+def test_report_section_names_the_per_window_key(long_result, result):
+    from workbench.views.lens import section
+
+    note = section(long_result).note
+    assert "window 0 of 3" in note and "window_ranks" in note and "ranks_of_window" in note
+    assert "window_ranks" not in section(result).note  # one window: nothing to point at

@@ -6,10 +6,13 @@ ranks watched tokens, at every position (ecco's ``predictions`` / ``rankings`` /
 >>> r.predictions(position=-1, k=5)     # per-layer top-5 at the last position        # doctest: +SKIP
 >>> r.rankings().ranks                   # [L+1, P-1] ranks of the actual next tokens   # doctest: +SKIP
 >>> r.rankings_watch(position=-1).ranks  # [L+1, W]                                     # doctest: +SKIP
+>>> r.ranks_of_window(2).ranks           # [L+1, n-1] ranks of the next tokens in window 2  # doctest: +SKIP
 
 Lenses are DESIGN.md's: ``blocks.0.hook_resid_pre`` ("emb"), then the residual after each block
 ("h.0" … "h.{L-1}"; the last is the final residual, i.e. the model's logits in ``final_ln`` mode).
-The per-text tensors cover the first window; ``dataset`` holds aggregates over every window.
+The per-text tensors (top-k, entropy, KL, ``ranks``) cover the first window; ``window_ranks``
+holds the rank of the actual next token at every position of every window (text longer than the
+context is never dropped), and ``dataset`` holds aggregates over every window.
 """
 
 from __future__ import annotations
@@ -64,6 +67,12 @@ class LensResult:
     watch_ids: Int[Tensor, " w"] | None
     watch_ranks: Int[Tensor, "lens pos w"] | None
     dataset: dict[str, Tensor]  # LensStats.compute() over every window (teacher-forced)
+    # Every window, teacher-forced (in generated mode too: the input windows, not the generation).
+    window_tokens: Int[Tensor, "n_windows win"]  # -1 on padding
+    window_ranks: Int[Tensor, "lens n_windows win-1"]  # rank of window_tokens[:, p+1]; -1: none
+    window_doc_ids: Int[Tensor, " n_windows"]
+    window_starts: Int[Tensor, " n_windows"]  # offset of each window's first text token in its doc
+    window_watch_ranks: Int[Tensor, "lens n_windows win w"] | None  # -1 on padding
     layer_labels: list[str]
     token_strs: dict[int, str]  # decoded text of every id the result shows
     mode: str
@@ -76,6 +85,30 @@ class LensResult:
     @property
     def n_positions(self) -> int:
         return int(self.tokens.shape[0])
+
+    @property
+    def n_windows(self) -> int:
+        return int(self.window_tokens.shape[0])
+
+    def ranks_of_window(self, i: int) -> Rankings:
+        """Rank of the actual next token per layer at every real position of window ``i``
+        (teacher-forced; ``window_ranks[:, i]`` without the padding). Window 0's equal ``ranks``
+        unless the text was generated (``ranks`` then also covers the generation)."""
+        n = self.n_windows
+        if not -n <= i < n:
+            raise WorkbenchError(f"window {i} is outside the input's {n} windows; use 0..{n - 1}")
+        toks = self.window_tokens[i % n]
+        toks = toks[toks >= 0].tolist()
+        self._decode(toks)
+        cols = list(range(len(toks) - 1))
+        columns = [f"{self.label(toks[p])} → {self.label(toks[p + 1])}" for p in cols]
+        return Rankings(self.window_ranks[:, i % n, : len(cols)].long(), list(self.layer_labels),
+                        columns, cols)
+
+    def _decode(self, ids: Sequence[int]) -> None:
+        missing = [i for i in set(ids) if i not in self.token_strs]
+        if missing and self._model is not None:
+            self.token_strs.update(decode_ids(self._model.tokenizer, missing))
 
     def _position(self, position: int) -> int:
         p = position + self.n_positions if position < 0 else position
@@ -166,6 +199,10 @@ class LensResult:
         if self.generated_from is not None:
             out["generated_from"] = torch.tensor(self.generated_from, dtype=torch.long)
             out["generated_ranks"] = self.ranks[:, self.generated_from - 1 :]
+        out |= {"window_tokens": self.window_tokens, "window_ranks": self.window_ranks,
+                "window_doc_ids": self.window_doc_ids, "window_starts": self.window_starts}
+        if self.window_watch_ranks is not None:
+            out["window_watch_ranks"] = self.window_watch_ranks
         out |= {f"dataset.{k}": v for k, v in self.dataset.items()}
         return {k: v.detach().cpu().clone() for k, v in out.items()}
 
@@ -179,6 +216,31 @@ class LensResult:
         meta["layer_labels"] = self.layer_labels
         meta["tokens_text"] = [self.label(t) for t in self.tokens]
         return artifacts.save(Path(out_dir) / ARTIFACT, self.tensors(), meta)
+
+
+class WindowRanks:
+    """Per-window read-outs kept whole (int32 on the CPU: O(lenses x tokens), never logits).
+
+    Padding and positions without a next token hold -1 (the kernel's 0 there is "no target").
+    """
+
+    def __init__(self, n_lens: int, windows: Windows, n_watch: int | None) -> None:
+        n, width = windows.tokens.shape
+        self.ranks = torch.full((n_lens, n, max(0, width - 1)), -1, dtype=torch.int32)
+        self.watch_ranks = None if n_watch is None else \
+            torch.full((n_lens, n, width, n_watch), -1, dtype=torch.int32)
+
+    def update(self, index: Int[Tensor, " b"], ranks: Int[Tensor, "lens b pos"],
+               watch_ranks: Int[Tensor, "lens b pos w"] | None, mask: Bool[Tensor, "b pos"]) -> None:
+        """Fold in one batch (batches are trimmed to their longest window: ``pos`` <= width)."""
+        pos = ranks.shape[-1]
+        idx = index.cpu()
+        # The batch's last column never has a next token; keep ranks as 1.. and -1 for none.
+        got = torch.where(ranks > 0, ranks, -1)[..., : pos - 1]
+        self.ranks[:, idx, : pos - 1] = got.to(device="cpu", dtype=torch.int32)
+        if self.watch_ranks is not None and watch_ranks is not None:
+            w = torch.where(mask[None, ..., None], watch_ranks, -1)
+            self.watch_ranks[:, idx, :pos] = w.to(device="cpu", dtype=torch.int32)
 
 
 def decode_ids(tokenizer, ids: Sequence[int]) -> dict[int, str]:
@@ -269,12 +331,14 @@ def analyze(
     hooks = capture.resid_hooks(model)
     device = next(model.parameters()).device
     stats = LensStats(len(hooks), int(model.cfg.d_vocab), device=device)
+    per_window = WindowRanks(len(hooks), windows, None if watch_ids is None else len(watch_ids))
     first = None
     for batch in capture.stream(model, windows, hooks, batch_size, progress=progress, desc="lens"):
         with torch.inference_mode():
             stack = torch.stack([batch.acts[h] for h in hooks])
             out = _lens(model, stack, batch.tokens, batch.mask, mode, k, watch_ids, budget_bytes)
             stats.update(out.ranks, out.entropy, out.kl, out.agreement, batch.mask)
+            per_window.update(batch.index, out.ranks, out.watch_ranks, batch.mask)
             if first is None and not generate:
                 n = int(batch.mask[0].sum())
                 first = (batch.tokens[0, :n], out.window(0, n), stack[:, 0, :n])
@@ -305,6 +369,11 @@ def analyze(
         watch_ids=watch_ids,
         watch_ranks=None if out.watch_ranks is None else out.watch_ranks[:, 0].cpu(),
         dataset={k_: v.cpu() for k_, v in stats.compute().items()},
+        window_tokens=windows.tokens.masked_fill(~windows.mask, -1),
+        window_ranks=per_window.ranks,
+        window_doc_ids=windows.doc_ids.clone(),
+        window_starts=windows.starts.clone(),
+        window_watch_ranks=per_window.watch_ranks,
         layer_labels=capture.layer_labels(model),
         token_strs=decode_ids(model.tokenizer, shown),
         mode=mode,

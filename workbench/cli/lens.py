@@ -52,4 +52,9 @@ def main(args) -> int:
     page = Page("Logit lens", header).add(section(result, args.position))
     html = page.write(args.out / "lens.html")
     print(f"wrote {artifact}, {artifact.with_suffix('.json')} and {html}")
+    if result.n_windows > 1:
+        n = result.n_windows
+        shown = "window 0 (extended by generation)" if args.generate else "window 0"
+        print(f"per-position top-k shown for {shown} of {n}; ranks of every position of all {n} "
+              f"windows are in {artifact.name}:window_ranks")
     return 0

@@ -183,12 +183,21 @@ NOTE = (
     "the agreement and rank-histogram figures cover all {n} positions of the input."
 )
 
+WINDOWS_NOTE = (
+    "The input spans {n} windows: per-position figures show window 0 of {n}; the rank of the "
+    "actual next token at every position of all {n} windows (teacher-forced) is in "
+    "<code>lens.safetensors</code>: <code>window_ranks</code> [lens, window, position] (-1 on "
+    "padding), in Python <code>result.ranks_of_window(i)</code>."
+)
+
 
 def section(result, position: int | None = None) -> Section:
     how = ("the final LayerNorm (recomputed on that residual) and the unembedding"
            if result.mode == "final_ln" else "the unembedding alone (no final LayerNorm, as ecco)")
     gen = "" if result.generated_from is None else " (only generated tokens, as ecco)"
     note = NOTE.format(how=how, gen=gen, n=int(result.dataset["n_positions"]))
+    if result.n_windows > 1:
+        note += " " + WINDOWS_NOTE.format(n=result.n_windows)
     items: list = list(figures(result, position).values())
     items.append(table_html(summary_rows(result)))
     return Section("Logit lens", items, note)
