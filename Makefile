@@ -40,12 +40,27 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check workbench tests benchmarks experiments
 
+# Benchmarks time the code users run: `--jaxtyping-packages=` (empty) turns off the runtime shape
+# checks that pyproject's addopts switch on for the tests.
+BENCH_PYTEST := $(PY) -m pytest benchmarks -q --benchmark-only --jaxtyping-packages=
+RESULTS := benchmarks/results
+
+# Each run is compared with the one before: latest.json becomes previous.json first.
 bench: setup
-	$(PY) -m pytest benchmarks -q --benchmark-only --benchmark-json=benchmarks/results/latest.json
-	$(PY) benchmarks/report.py benchmarks/results/latest.json --write-readme
+	mkdir -p $(RESULTS)
+	if [ -f $(RESULTS)/latest.json ]; then mv $(RESULTS)/latest.json $(RESULTS)/previous.json; fi
+	$(BENCH_PYTEST) --benchmark-json=$(RESULTS)/latest.json
+	$(PY) benchmarks/report.py $(RESULTS)/latest.json --write-readme \
+		$$(test -f $(RESULTS)/previous.json && echo --compare $(RESULTS)/previous.json)
 
 bench-quick: $(STAMP)
-	WORKBENCH_BENCH_QUICK=1 $(PY) -m pytest benchmarks -q --benchmark-only --benchmark-min-rounds=1 --benchmark-max-time=0.05 --benchmark-warmup=off
+	WORKBENCH_BENCH_QUICK=1 $(BENCH_PYTEST) --benchmark-min-rounds=1 --benchmark-max-time=0.05 --benchmark-warmup=off
+
+# The tables of the last `make bench`, against the run before it when there is one.
+bench-table: $(STAMP)
+	@test -f $(RESULTS)/latest.json || { echo "no $(RESULTS)/latest.json: run make bench first"; exit 1; }
+	$(PY) benchmarks/report.py $(RESULTS)/latest.json \
+		$$(test -f $(RESULTS)/previous.json && echo --compare $(RESULTS)/previous.json)
 
 train: setup
 	$(PY) -m workbench.training.train_gloss_lm --out workbench/models/tiny_gloss_lm
