@@ -284,7 +284,58 @@ def load_windows(
         docs, source = dataset_documents(dataset, field=field, limit=limit)
     if not any(d.strip() for d in docs):
         raise WorkbenchError(f"the input ({source}) is empty: give some text")
-    return tokenize_documents(docs, model.tokenizer, window, stride, bos, source)
+    windows = tokenize_documents(docs, model.tokenizer, window, stride, bos, source)
+    if source.startswith("hf:"):
+        windows.extra["field"] = field  # so the data can be read again (rebuild_windows)
+    return windows
+
+
+def _source_meta(data: dict) -> dict:
+    """The ``data`` metadata that names a source (a merge's first part, for merged artifacts)."""
+    if "source" in data or not data.get("parts"):
+        return data
+    return _source_meta(data["parts"][0] or {})
+
+
+def rebuild_windows(model, data: dict, text: str | Sequence[str] | None = None,
+                    file: str | Path | None = None,
+                    dataset: str | None = None, field: str | None = None,
+                    limit: int | None = None) -> Windows:
+    """The windows an artifact was built on, from its ``data`` metadata (``Windows.metadata()``).
+
+    Built-in and HF datasets are read again by name (the first ``n_documents`` documents);
+    a ``--text`` or ``--file`` source is not stored, so pass the same ``text`` / ``file`` /
+    ``dataset`` (and ``field`` / ``limit``) as the build. Window, stride and BOS come from the
+    metadata; data whose sha256 differs from the build's is refused.
+    """
+    meta = _source_meta(data)
+    source = meta.get("source")
+    if source is None or "window" not in meta:
+        raise WorkbenchError("the artifact's metadata names no data source and windowing: "
+                             "it was not written by this workbench's build")
+    again = ("pass the same --text/--file/--dataset (and --field/--limit) flags as the build "
+             f"(window {meta['window']}, stride {meta['stride']} and BOS come from the artifact)")
+    window, stride, bos = meta["window"], meta["stride"], meta["bos"]
+    if any(x is not None for x in (text, file, dataset)):
+        windows = load_windows(model, text=text, file=file, dataset=dataset,
+                               field=field or "text", window=window, stride=stride, bos=bos,
+                               limit=limit)
+    elif source.startswith(("builtin:", "hf:")):
+        name, split = source.split(":", 1)[1], "train"
+        if source.startswith("hf:"):
+            name, split = name.rsplit(":", 1)
+        docs, label = dataset_documents(name, split=split, field=field or meta.get("field", "text"),
+                                        limit=limit or meta.get("n_documents"))
+        windows = tokenize_documents(docs, model.tokenizer, window, stride, bos, label)
+    else:
+        raise WorkbenchError(f"the artifact was built on {source!r}, which cannot be read again "
+                             f"from its metadata; {again}")
+    if data.get("sha256") is not None and windows.sha256 != data["sha256"]:
+        raise WorkbenchError(
+            f"the data given ({windows.source}, {windows.n_documents} documents, sha256 "
+            f"{windows.sha256[:12]}) is not the data the artifact was built on ({source}, "
+            f"{meta.get('n_documents')} documents, sha256 {data['sha256'][:12]}); {again}")
+    return windows
 
 
 def from_text(text: str | Sequence[str], tokenizer, window: int = 128, stride: int | None = None,

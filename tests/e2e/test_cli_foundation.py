@@ -31,3 +31,24 @@ def test_user_errors_exit_2_with_message(tmp_path):
             "--out", str(tmp_path))
     assert r.returncode == 2
     assert "file not found" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_hub_model_without_network_exits_2_fast(tmp_path):
+    """No offline flags at all: the hub probe (pointed at a closed loopback port through
+    HF_ENDPOINT, as a mirror would be) must fail and the command exit 2 with the offline list."""
+    import time
+
+    env = {k: v for k, v in ENV.items()
+           if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")}
+    env |= {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")}
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "workbench", "lens", "--model", "gpt2", "--text",
+                        "hi", "--out", str(tmp_path / "out")], capture_output=True, text=True,
+                       env=env, timeout=60)
+    seconds = time.perf_counter() - t0
+    assert r.returncode == 2, r.stderr
+    assert "no hub is reachable" in r.stderr and "Traceback" not in r.stderr
+    for name in ("tiny-gloss-lm", "minilm", "random-tiny"):
+        assert name in r.stderr
+    assert seconds < 20, f"took {seconds:.1f} s"
+    print(f"gpt2 offline refusal: {seconds:.1f} s")

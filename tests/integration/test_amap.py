@@ -175,3 +175,79 @@ def test_short_text_is_allowed_when_asked(random_tiny):
     w = load_windows(random_tiny, text="hello", window=15, stride=15, bos=False)
     r = analyze(random_tiny, w, progress=False, require_full_window=False, context_units=0)
     assert int(r.counts("input").sum()) == 5 and all(r.invariants.values())
+
+
+@pytest.fixture(scope="module")
+def naive_mlp(random_tiny, windows):
+    """``hook_post`` of every layer for each window's real tokens: run_with_cache, one at a time."""
+    out = []
+    with torch.inference_mode():
+        for i in range(len(windows)):
+            n = int(windows.mask[i].sum())
+            _, cache = model_cache(random_tiny, windows.tokens[i : i + 1, :n])
+            out.append({layer: cache[f"blocks.{layer}.mlp.hook_post"][0]
+                        for layer in range(random_tiny.cfg.n_layers)})  # [n, d_mlp]
+    return out
+
+
+def model_cache(model, tokens):
+    return model.run_with_cache(tokens, names_filter=lambda name: name.endswith("mlp.hook_post"))
+
+
+def test_contexts_of_any_unit_match_a_naive_top_k(random_tiny, windows, result, naive_mlp):
+    default = {(c["layer"], c["neuron"]) for c in result.contexts}
+    units = []
+    for row, layer in enumerate(result.layers):
+        order = result.amap.act_max[row].argsort().tolist()  # smallest maxima: not the defaults
+        units += [(layer, order[0]), (layer, order[len(order) // 2])]
+    assert not set(units) & default and len(default) == 4
+    contexts = result.contexts_for(random_tiny, windows, units)
+    assert [(c["layer"], c["neuron"]) for c in contexts] == units
+    for c in contexts:
+        per_window = [acts[c["layer"]][:, c["neuron"]] for acts in naive_mlp]
+        maxima = [float(a.max()) for a in per_window]
+        # the top-k windows by the unit's max over the window; equal maxima: lower window id
+        naive_top = sorted(range(len(windows)), key=lambda w: (-maxima[w], w))[:3]
+        assert [w["window"] for w in c["windows"]] == naive_top
+        for w in c["windows"]:
+            ref = per_window[w["window"]]
+            torch.testing.assert_close(torch.tensor(w["acts"]), ref, atol=1e-5, rtol=1e-5)
+            assert w["max"] == pytest.approx(float(ref.max()), abs=1e-5)
+            assert w["peak"] == int(ref.argmax())
+            ids = windows.tokens[w["window"], : len(ref)].tolist()
+            assert w["tokens"] == [random_tiny.tokenizer.decode([t]) for t in ids]
+    # the build's own contexts are the same read-out for its default units
+    again = result.contexts_for(random_tiny, windows, [(c["layer"], c["neuron"])
+                                                       for c in result.contexts])
+    for a, b in zip(again, result.contexts, strict=True):
+        assert [w["window"] for w in a["windows"]] == [w["window"] for w in b["windows"]]
+        torch.testing.assert_close(torch.tensor([w["acts"] for w in a["windows"]]),
+                                   torch.tensor([w["acts"] for w in b["windows"]]))
+
+
+def test_contexts_refuse_unknown_units_and_other_data(random_tiny, windows, result):
+    with pytest.raises(WorkbenchError, match="layer 7 is not in this AMAP"):
+        result.contexts_for(random_tiny, windows, [(7, 0)])
+    with pytest.raises(WorkbenchError, match="neuron 256 out of range"):
+        result.contexts_for(random_tiny, windows, [(0, 256)])
+    with pytest.raises(WorkbenchError, match="the data the AMAP was built on"):
+        result.contexts_for(random_tiny, windows.select(slice(0, 1)), [(0, 0)])
+
+
+def test_memory_limit_refuses_before_writing_anything(random_tiny, windows, result, tmp_path):
+    # what the states really hold: the estimate must be exactly this, neither more nor less
+    need = sum(t.nbytes for t in result.amap.state_dict().values())
+    opts = {"batch_size": 3, "progress": False, "positions": True, "top_k": 3,
+            "context_units": 0}
+    out = tmp_path / "amap"
+    with pytest.raises(WorkbenchError) as refused:
+        build(random_tiny, windows, out, memory_limit=need - 1, **opts)
+    msg = str(refused.value)
+    assert f"needs {need / 2**20:.2f} MiB" in msg and f"only {(need - 1) / 2**20:.2f} MiB" in msg
+    for way in ("fewer layers (--layers", "one mode (--modes input)", "--sum-dtype float16",
+                "on the CPU", "--sum-device cpu"):
+        assert way in msg
+    assert not out.exists()
+    assert all(analyze(random_tiny, windows, memory_limit=need, **opts).invariants.values())
+    one_layer = analyze(random_tiny, windows, memory_limit=need - 1, layers=[1], **opts)
+    assert one_layer.means().shape[0] == 1

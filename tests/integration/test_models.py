@@ -99,3 +99,68 @@ def test_default_paths_never_touch_the_network(network_attempts, tmp_path):
         for batch in stream(model, w, resid_hooks(model), batch_size=2, progress=False):
             assert len(batch.acts) == model.cfg.n_layers + 1
     assert network_attempts == []
+
+
+def _load_gpt2_within(seconds: float) -> tuple[BaseException | None, float]:
+    from workbench.models.hub import official_names
+
+    official_names()  # the bound is on the network probe, not on importing transformer_lens
+    box: list[BaseException] = []
+
+    def attempt():
+        try:
+            workbench.load_model("gpt2", device="cpu")
+        except BaseException as exc:  # noqa: BLE001 - the test inspects it
+            box.append(exc)
+
+    t0 = time.perf_counter()
+    th = threading.Thread(target=attempt, daemon=True)
+    th.start()
+    th.join(seconds)
+    assert not th.is_alive(), f"loading gpt2 without a network did not fail within {seconds} s"
+    return (box[0] if box else None), time.perf_counter() - t0
+
+
+def test_hub_probe_without_offline_flags_fails_fast(monkeypatch, network_attempts):
+    """No HF_HUB_OFFLINE shortcut: the socket/DNS probe itself must find the hub unreachable."""
+    from workbench.models.hub import _cached_locally
+
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT"):
+        monkeypatch.delenv(var, raising=False)
+    if _cached_locally("gpt2"):
+        pytest.skip("gpt2 is in the local HF cache: it would load without the hub")
+    exc, seconds = _load_gpt2_within(5.0)
+    assert isinstance(exc, OfflineError), exc
+    msg = str(exc)
+    assert "no hub is reachable" in msg
+    for name in ("tiny-gloss-lm", "minilm", "random-tiny"):
+        assert name in msg
+    assert "huggingface.co" in network_attempts  # the probe ran (and was refused)
+    assert seconds < 5.0
+
+
+def test_hub_probe_follows_hf_endpoint_and_never_hangs(monkeypatch):
+    import socket
+
+    from workbench.models.hub import hub_reachable
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with socket.socket() as server:  # a listening loopback "mirror" is reachable
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
+        assert hub_reachable(timeout=2.0)
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the user's offline flag wins
+        assert not hub_reachable(timeout=2.0)
+        monkeypatch.delenv("HF_HUB_OFFLINE")
+    assert not hub_reachable(timeout=2.0)  # closed now: refused at once
+
+    def stuck_dns(*args, **kwargs):
+        time.sleep(30)
+        raise socket.gaierror("too late")
+
+    monkeypatch.setenv("HF_ENDPOINT", "https://mirror.invalid")
+    monkeypatch.setattr(socket, "getaddrinfo", stuck_dns)
+    t0 = time.perf_counter()
+    assert not hub_reachable(timeout=0.5)
+    assert time.perf_counter() - t0 < 2.0  # the DNS lookup is abandoned, not awaited

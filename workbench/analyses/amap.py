@@ -4,6 +4,7 @@
 >>> r = build(model, w, "out/amap", modes=("input", "output"), positions=True)         # doctest: +SKIP
 >>> r.top_tokens(layer=2, neuron=17, k=5)        # tokens whose input mean is highest  # doctest: +SKIP
 >>> r.contexts[0]                                # a unit's max-activating windows      # doctest: +SKIP
+>>> r.contexts_for(model, w, [(1, 17)])          # the same for any unit                # doctest: +SKIP
 
 DESIGN.md semantics: layer l, neuron i (``blocks.{l}.mlp.hook_post``), key t: mean activation over
 every real position whose key is t (``input``: the token there; ``output``: the model's argmax
@@ -23,6 +24,7 @@ from torch import Tensor
 
 from workbench import artifacts, capture
 from workbench.analyses import amap_checkpoint as ckpt
+from workbench.analyses.amap_contexts import read_contexts
 from workbench.data import Windows
 from workbench.errors import WorkbenchError
 from workbench.kernels.amap import SUM_DTYPES, Amap, check_fits, estimate_bytes
@@ -91,6 +93,13 @@ class AmapResult:
         vals, ids = score.topk(min(k, int((count >= min_count).sum())))
         return [{"id": int(i), "token": self.key_strs[int(i)], "mean": float(v),
                  "count": int(count[i])} for v, i in zip(vals, ids, strict=True)]
+
+    def contexts_for(self, model, windows: Windows, units: list[tuple[int, int]],
+                     window_offset: int = 0) -> list[dict]:
+        """Max-activating windows of any ``units`` ``[(layer, neuron), ...]``: tokens and the
+        unit's activation at each (one forward pass over their windows). ``windows``: the data
+        the AMAP was built on (e.g. ``load_windows`` with the metadata's source and windowing)."""
+        return read_contexts(model, windows, self, units=units, window_offset=window_offset)
 
     def tensors(self) -> dict[str, Tensor]:
         out = dict(self.amap.state_dict())
@@ -282,48 +291,6 @@ def analyze(
     result.throughput = {"tokens": stats.tokens, "seconds": stats.seconds,
                          "tokens_per_s": stats.tokens_per_s, "batches": stats.batches}
     return result
-
-
-def read_contexts(model, windows: Windows, result: AmapResult, per_layer: int,
-                  window_offset: int = 0) -> list[dict]:
-    """Max-activating windows of the ``per_layer`` units with the largest max activation per
-    layer: each window's tokens and the unit's activation at every token (one extra forward)."""
-    if per_layer <= 0 or result.top is None:
-        return []
-    top = result.top.compute()
-    units = []
-    for row, layer in enumerate(result.layers):
-        for neuron in result.amap.act_max[row].float().topk(per_layer).indices.tolist():
-            units.append((row, layer, neuron))
-    wanted = sorted({int(w) - window_offset for r, _, n in units for w in top["windows"][r, n]
-                     if w >= 0})
-    sub = windows.select(torch.tensor(wanted, dtype=torch.long))
-    hooks = capture.mlp_hooks(model, result.layers)
-    device = next(model.parameters()).device
-    stop = None if capture.is_encoder(model) else max(result.layers) + 1
-    acts = capture.forward(model, sub.tokens.to(device), sub.mask.to(device), hooks,
-                           stop_at_layer=stop)[0]
-    where = {w: i for i, w in enumerate(wanted)}
-    out = []
-    for row, layer, neuron in units:
-        items = []
-        for rank in range(top["windows"].shape[-1]):
-            w = int(top["windows"][row, neuron, rank])
-            if w < 0:
-                continue
-            i = where[w - window_offset]
-            n = int(sub.mask[i].sum())
-            ids = sub.tokens[i, :n].tolist()
-            a = acts[hooks[row]][i, :n, neuron].float().cpu().tolist()
-            items.append({"window": w, "doc": int(sub.doc_ids[i]), "start": int(sub.starts[i]),
-                          "max": float(top["values"][row, neuron, rank]),
-                          "peak": int(top["positions"][row, neuron, rank]),
-                          "tokens": [result.key_strs[t] if t < len(result.key_strs) else f"[ID_{t}]"
-                                     for t in ids],
-                          "acts": a})
-        out.append({"layer": layer, "neuron": neuron, "unit": f"{layer}_{neuron}",
-                    "windows": items})
-    return out
 
 
 def build(model, windows: Windows, out_dir: str | Path, **options) -> AmapResult:

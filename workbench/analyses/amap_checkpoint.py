@@ -66,5 +66,9 @@ def load(out_dir: Path, fp: str, batch_size: int) -> tuple[dict[str, torch.Tenso
 
 
 def clear(out_dir: Path) -> None:
+    """Drop the checkpoint, and temporary files a kill in the middle of a save left behind."""
+    out_dir = Path(out_dir)
     for name in (TENSORS, "amap.ckpt.json"):
-        (Path(out_dir) / name).unlink(missing_ok=True)
+        (out_dir / name).unlink(missing_ok=True)
+    for stale in out_dir.glob(".amap.ckpt.*.tmp-*"):
+        stale.unlink(missing_ok=True)

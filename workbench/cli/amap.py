@@ -1,4 +1,4 @@
-"""``workbench amap build | merge | export``: neuron AMAPs over a dataset (SYSIF), resumable."""
+"""``workbench amap build | merge | export | contexts``: neuron AMAPs over a dataset (SYSIF)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ def _csv_ints(text: str) -> list[int]:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("amap", help="neuron activation maps (AMAPs): build, merge, export",
+    p = sub.add_parser("amap", help="neuron activation maps (AMAPs): build, merge, export, "
+                       "contexts",
                        description="Mean MLP activation of every neuron per token (input token, "
                        "or the model's argmax prediction), over a dataset in windows.")
     cmds = p.add_subparsers(dest="amap_command", metavar="ACTION", required=True)
@@ -59,6 +60,30 @@ def register(sub) -> None:
                    help="token texts (exactly as decoded) or ids; default: all tokens")
     e.add_argument("--top", type=int, default=None, help="only the N most frequent input tokens")
     e.set_defaults(func=export_main)
+
+    c = cmds.add_parser("contexts", help="max-activating windows of chosen units, token by token",
+                        description="Reloads the model and data named in the AMAP's metadata, "
+                        "re-runs each unit's max-activating windows and prints the unit's "
+                        "activation at every token (the peak marked). A --text or --file build "
+                        "needs the same --text/--file flag again.")
+    c.add_argument("amap", type=Path, help="an AMAP folder")
+    c.add_argument("--unit", action="append", required=True, metavar="L_N",
+                   help="unit LAYER_NEURON, e.g. 1_17 (repeat, or 1_17,0_3)")
+    c.add_argument("--top", type=int, default=None, help="windows per unit (default: all kept)")
+    c.add_argument("--json", type=Path, default=None, metavar="OUT",
+                   help="also write the contexts as JSON (amap_contexts.json's layout)")
+    c.add_argument("--model", default=None, help="default: the model named in the metadata")
+    c.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
+    c.add_argument("--dtype", default=None, help="the build's --dtype, if it gave one")
+    c.add_argument("--batch-size", type=int, default=32, help="windows per forward pass")
+    src = c.add_mutually_exclusive_group()
+    src.add_argument("--text", help="the build's --text (not stored in the AMAP)")
+    src.add_argument("--file", type=Path, help="the build's --file (only its name is stored)")
+    src.add_argument("--dataset", help="the build's --dataset (default: from the metadata)")
+    c.add_argument("--field", default=None, help="the build's --field")
+    c.add_argument("--limit", type=int, default=None,
+                   help="the build's --limit (default: the documents the build read)")
+    c.set_defaults(func=contexts_main)
 
 
 def build_main(args) -> int:
@@ -127,3 +152,54 @@ def export_main(args) -> int:
     path = write_parquet(result, out, modes=modes, layers=args.layers, tokens=tokens, top=args.top)
     print(f"wrote {path}")
     return 0
+
+
+def contexts_main(args) -> int:
+    from workbench.analyses.amap import load
+    from workbench.analyses.amap_contexts import parse_unit, read_contexts
+    from workbench.artifacts import weights_hash, write_json
+    from workbench.data import rebuild_windows
+    from workbench.errors import WorkbenchError
+    from workbench.models import load_model
+
+    result = load(args.amap)
+    units = [parse_unit(u) for text in args.unit for u in text.split(",") if u.strip()]
+    for layer, _ in units:
+        result._row(layer)  # a wrong layer fails before the model loads
+    if result.top is None:
+        raise WorkbenchError(f"{args.amap} holds no max-activating windows (a merge of AMAPs of "
+                             "different data drops them); read contexts from a single build")
+    name = args.model or result.meta.get("model")
+    model = load_model(name, device=args.device, dtype=args.dtype)
+    if weights_hash(model) != result.meta.get("weights_sha256_16"):
+        raise WorkbenchError(
+            f"the model {name!r} loaded now has other weights than the AMAP's (weights sha256 "
+            f"{weights_hash(model)} vs {result.meta.get('weights_sha256_16')}); pass the build's "
+            "--model and --dtype")
+    windows = rebuild_windows(model, result.meta.get("data", {}), text=args.text, file=args.file,
+                              dataset=args.dataset, field=args.field, limit=args.limit)
+    contexts = read_contexts(model, windows, result, units=units, batch_size=args.batch_size)
+    if args.top is not None:
+        contexts = [{**c, "windows": c["windows"][: args.top]} for c in contexts]
+    for c in contexts:
+        print(format_unit(c))
+    if args.json is not None:
+        print(f"wrote {write_json(args.json, contexts)}")
+    return 0
+
+
+def format_unit(context: dict) -> str:
+    """One unit's windows, a token per line with the unit's activation; the peak is marked."""
+    import json
+
+    lines = [f"unit {context['unit']} (layer {context['layer']}, neuron {context['neuron']}): "
+             f"{len(context['windows'])} max-activating windows"]
+    for rank, w in enumerate(context["windows"], 1):
+        lines.append(f"  #{rank} window {w['window']} (document {w['doc']}, from token "
+                     f"{w['start']}): max {w['max']:.4f} at position {w['peak']}")
+        width = max(len(json.dumps(t, ensure_ascii=False)) for t in w["tokens"])
+        for pos, (tok, act) in enumerate(zip(w["tokens"], w["acts"], strict=True)):
+            mark = "  <- peak" if pos == w["peak"] else ""
+            lines.append(f"    {pos:>4} {json.dumps(tok, ensure_ascii=False):<{width}} "
+                         f"{act:+.4f}{mark}")
+    return "\n".join(lines)

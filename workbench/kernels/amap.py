@@ -66,6 +66,14 @@ def available_bytes(device: torch.device) -> int:
     return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
 
 
+def human_bytes(n: int) -> str:
+    """``3 * 2**30`` → ``"3.00 GiB"``; small sizes in MiB / KiB so they never read as 0.00 GiB."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n} bytes"
+
+
 def check_fits(nbytes: int, device: torch.device, limit: int | None = None,
                fraction: float = 0.8) -> None:
     """Refuse (with the ways out) when the AMAP states would not fit in memory."""
@@ -73,8 +81,8 @@ def check_fits(nbytes: int, device: torch.device, limit: int | None = None,
     if nbytes <= budget:
         return
     raise WorkbenchError(
-        f"the AMAP needs {nbytes / 2**30:.2f} GiB for its sums on {device}, but only "
-        f"{budget / 2**30:.2f} GiB is available; reduce it: fewer layers (--layers 0,1), one "
+        f"the AMAP needs {human_bytes(nbytes)} for its sums on {device}, but only "
+        f"{human_bytes(budget)} is available; reduce it: fewer layers (--layers 0,1), one "
         "mode (--modes input), fp16 sums (--sum-dtype float16: less precise), or sums on the "
         "CPU while the model runs on the GPU (--sum-device cpu)"
     )

@@ -4,12 +4,13 @@ import os
 import socket
 import threading
 from functools import cache
+from urllib.parse import urlsplit
 
 import torch
 
 from workbench.errors import OfflineError
 
-HUB_HOST = ("huggingface.co", 443)
+HUB_URL = "https://huggingface.co"
 
 
 @cache
@@ -23,17 +24,25 @@ def official_names() -> list[str]:
     return names
 
 
+def hub_address() -> tuple[str, int]:
+    """Host and port of the hub: ``HF_ENDPOINT`` (a mirror, as huggingface_hub reads it) or
+    huggingface.co."""
+    url = urlsplit(os.environ.get("HF_ENDPOINT") or HUB_URL)
+    return url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+
+
 def hub_reachable(timeout: float = 2.0) -> bool:
     """True when the hub answers a TCP connect within ``timeout`` seconds (DNS included)."""
     if os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "TRUE", "yes"):
         return False
+    address = hub_address()
     result: list[bool] = []
 
     def probe() -> None:
         try:
-            with socket.create_connection(HUB_HOST, timeout=timeout):
+            with socket.create_connection(address, timeout=timeout):
                 result.append(True)
-        except OSError:
+        except Exception:  # refused, no route, DNS failure, a sandbox's guard: not reachable
             result.append(False)
 
     t = threading.Thread(target=probe, daemon=True)
