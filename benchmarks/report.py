@@ -256,15 +256,18 @@ def memory_table(cpu: dict, cuda: dict | None = None) -> str:
     if not benches:
         return ""
     lines = ["| memory (fresh processes) | entry | device | tokens | peak MiB | growth MiB | "
-             "growth at 10× tokens | goal |", "|---|---|---|---|---|---|---|---|"]
+             "peak at 10× tokens | growth at 10× tokens | goal |",
+             "|---|---|---|---|---|---|---|---|---|"]
     order = sorted(benches, key=lambda b: (natural(group_of(b)), natural(b["name"]), device_of(b)))
     for b in order:
         info = b.get("extra_info") or {}
-        ratio = info.get("growth_ratio_10x")
+        ratio, peak_ratio = info.get("growth_ratio_10x"), info.get("peak_rss_ratio_10x")
         lines.append(
             f"| {group_of(b)} | {short(b['name'])}{_side(b)} | {device_of(b).upper()} | "
             f"{_tokens(info.get('tokens'))} | {_mib(info.get('peak_mib'))} | "
-            f"{_mib(info.get('growth_mib'))} | {f'{ratio:.2f}×' if ratio is not None else '—'} | "
+            f"{_mib(info.get('growth_mib'))} | "
+            f"{f'{peak_ratio:.2f}×' if peak_ratio is not None else '—'} | "
+            f"{f'{ratio:.2f}×' if ratio is not None else '—'} | "
             f"{_memory_goal(info)} |")
     lines += ["", "Peak: the process' peak RSS (VmHWM) or, on CUDA, max allocated; growth: the peak "
               "above the memory just before the measured work (the model and inputs loaded)."]
