@@ -54,6 +54,13 @@ def run_metadata(model, windows=None, **settings) -> dict:
     return meta
 
 
+def _umask_mode(path: Path) -> None:
+    """Give ``path`` the mode a plain ``open(..., "w")`` would: 0666 minus the umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    path.chmod(0o666 & ~mask)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_bytes(data)
@@ -68,6 +75,7 @@ def save(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict | None =
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     save_file(clean, str(tmp), metadata={"workbench": json.dumps(meta, default=str)})
+    _umask_mode(tmp)  # safetensors creates 0600 files; artifacts are shared like any output
     tmp.replace(path)
     atomic_write_bytes(path.with_suffix(".json"), json.dumps(meta, indent=2, default=str).encode())
     return path
