@@ -287,7 +287,19 @@ def load_windows(
     windows = tokenize_documents(docs, model.tokenizer, window, stride, bos, source)
     if source.startswith("hf:"):
         windows.extra["field"] = field  # so the data can be read again (rebuild_windows)
+    if file is not None:
+        windows.extra["file_sha256"] = file_sha256(file)
     return windows
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes (what ``sha256sum`` prints); metadata ``sha256`` is that of the
+    decoded documents, which is the same for any encoding of the same text."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _source_meta(data: dict) -> dict:
@@ -350,4 +362,6 @@ def from_file(path: str | Path, tokenizer, window: int = 128, stride: int | None
     """Windows of a text file (one document) or a JSONL file (one document per line)."""
     p = Path(path)
     docs = read_jsonl(p, field) if p.suffix == ".jsonl" else [read_text_file(p)]
-    return tokenize_documents(docs, tokenizer, window, stride or window, bos, f"file:{p.name}")
+    windows = tokenize_documents(docs, tokenizer, window, stride or window, bos, f"file:{p.name}")
+    windows.extra["file_sha256"] = file_sha256(p)
+    return windows

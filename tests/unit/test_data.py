@@ -117,6 +117,17 @@ def test_metadata_hash_tracks_content(tok):
     assert a["sha256"] != b["sha256"] and a["window"] == 128
 
 
+def test_file_metadata_holds_the_files_sha256(tok, tmp_path, random_tiny):
+    import hashlib
+
+    p = tmp_path / "t.txt"
+    p.write_bytes("caf\u00e9 au lait\n".encode())
+    expected = hashlib.sha256(p.read_bytes()).hexdigest()  # what sha256sum prints
+    assert from_file(p, tok).metadata()["file_sha256"] == expected
+    assert load_windows(random_tiny, file=p).metadata()["file_sha256"] == expected
+    assert "file_sha256" not in from_text("café au lait", tok).metadata()
+
+
 def test_encoder_windows_have_cls_and_sep(minilm):
     w = load_windows(minilm, text="hello world")
     t = w.tokens[0][w.mask[0]].tolist()
