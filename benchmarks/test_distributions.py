@@ -6,7 +6,9 @@ Groups (baseline and workbench side by side, one row per token count):
 - ``distributions-histogram``: ``np.histogram`` per layer (seed bins) vs one ``Histogram.update``
   (the accumulator built once, as in a streaming pass). Goal: ≥ 1.5× numpy.
 - ``distributions-dimstats``: mean, std (fp64, n - 1) and max |x| per (layer, dimension) of
-  ``[tokens, layers, dims]``: numpy over the whole array vs ``DimStats.update`` + ``std()``.
+  ``[tokens, layers, dims]``: numpy over the whole array (contiguous, its best layout) vs
+  ``DimStats.update`` + ``std()`` fed what the analysis feeds: a ``t v d`` view of the
+  variable-major ``[layers, tokens, dims]`` block.
 - ``distributions-sample``: the ``k`` (token, dim) items with the smallest sampling keys
   (``permute_ids``), with their values and ids. numpy holds every key and the whole matrix and
   selects once (``np.argpartition`` then a sort of the k, or a full ``np.argsort``); the workbench
@@ -139,7 +141,8 @@ def test_dimstats_numpy(benchmark, tokens):
 
 def test_dimstats_engine(benchmark, tokens, device):
     x = by_token(seed_matrix(tokens))
-    xd = x.to(device)
+    # distributions.py passes rearrange(block, "v t d -> t v d"): a view, not a contiguous copy
+    xd = rearrange(seed_matrix(tokens).to(device), "v (t d) -> t v d", d=D_MODEL)
     benchmark.group = "distributions-dimstats"
     benchmark.extra_info.update({"role": "workbench", "tokens": tokens, "device": device,
                                  "shape": list(x.shape)})

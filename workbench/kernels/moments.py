@@ -6,9 +6,9 @@
 4. Read out ``m.cov()`` (unbiased), ``m.corr()``, ``m.r2()``, ``m.mean``, ``m.std()``.
 5. ``m.state_dict()`` / ``Moments.from_state_dict(sd)`` to save and resume.
 
-Each batch is reduced to its own count, mean and centered co-moment (two passes over the batch,
-in fp64, so no cancellation), then folded into the running state with the pairwise update of
-Chan, Golub & LeVeque, "Algorithms for computing the sample variance: analysis and
+Each batch is reduced to its own count, mean and centered co-moment (in fp64, centering each
+cache-sized chunk on its own mean, so no cancellation; the batch is read once), then folded into
+the running state with the pairwise update of Chan, Golub & LeVeque, "Algorithms for computing the sample variance: analysis and
 recommendations", The American Statistician 37(3), 1983:
 
     n = na + nb,  d = mean_b - mean_a,
@@ -66,7 +66,7 @@ class Moments:
     """
 
     REDUCE = {"count": "merge", "mean": "merge", "comoment": "merge"}
-    CHUNK = 1 << 17  # fp64 elements centered at a time (1 MiB)
+    CHUNK = 1 << 18  # fp64 elements centered at a time (2 MiB)
 
     def __init__(self, n_vars: int, device: torch.device | str | None = None):
         if n_vars < 1:
@@ -90,34 +90,50 @@ class Moments:
         n = x.shape[0]
         if n == 0:
             return self
-        # Variable-major rows make the sums and the Gram product stream through memory; callers
+        # Variable-major rows make the copies and the Gram product stream through memory; callers
         # holding a [v, n] block pass block.T and pay no copy here.
         per_var = rearrange(x.to(self.device), "n v -> v n")
         if per_var.stride(-1) != 1:
             per_var = per_var.contiguous()
-        # Two passes over column chunks: the fp64 copy stays cache-sized, never [v, n] (a
-        # sum(dtype=float64) would upcast the whole block first).
-        scale = 64 if self.device.type == "cuda" else 1
-        width = min(n, max(1, self.CHUNK * scale // self.n_vars))
-        buf = torch.empty(self.n_vars, width, dtype=F64, device=self.device)
-        total = torch.zeros(self.n_vars, dtype=F64, device=self.device)
-        for start in range(0, n, width):
-            block = per_var[:, start : start + width]
-            chunk = buf[:, : block.shape[1]]
-            chunk.copy_(block)
-            total += chunk.sum(1)
-        mean_b = total / n
-        comoment_b = torch.zeros(self.n_vars, self.n_vars, dtype=F64, device=self.device)
-        for start in range(0, n, width):
-            block = per_var[:, start : start + width]
-            centered = buf[:, : block.shape[1]]
-            torch.sub(block, mean_b[:, None], out=centered)  # exact upcast, then fp64 subtract
-            comoment_b.addmm_(centered, centered.T)
+        mean_b, comoment_b = self._batch_moments(per_var)
         n_b = torch.tensor(n, dtype=torch.int64, device=self.device)
         self.count, self.mean, self.comoment = chan_merge(
             self.count, self.mean, self.comoment, n_b, mean_b, comoment_b, outer=True
         )
         return self
+
+    def _batch_moments(self, per_var: Float[Tensor, "v n"]) -> tuple[Tensor, Tensor]:
+        """Mean and centered co-moment of one batch, reading it once.
+
+        Each column chunk is copied to a cache-sized fp64 buffer (an exact upcast), centered on
+        its own mean (two passes over the buffer, no cancellation) and folded into one Gram
+        product; the chunks' means are then combined in one step with Chan et al.'s merge,
+        ``C = sum_c C_c + sum_c n_c (mean_c - mean)(mean_c - mean)^T``. Neither the fp64 copy nor
+        any other temporary is ever [v, n].
+        """
+        v, n = per_var.shape
+        scale = 64 if self.device.type == "cuda" else 1
+        width = min(n, max(1, self.CHUNK * scale // v))
+        starts = range(0, n, width)
+        buf = torch.empty(v, width, dtype=F64, device=self.device)
+        means = torch.empty(v, len(starts), dtype=F64, device=self.device)
+        comoment = torch.zeros(v, v, dtype=F64, device=self.device)
+        for i, start in enumerate(starts):
+            block = per_var[:, start : start + width]
+            chunk = buf[:, : block.shape[1]]
+            chunk.copy_(block)
+            mean_c = torch.sum(chunk, 1, keepdim=True, out=means[:, i : i + 1])
+            mean_c.div_(block.shape[1])
+            chunk.sub_(mean_c)
+            comoment.addmm_(chunk, chunk.T)
+        if len(starts) == 1:
+            return means[:, 0], comoment
+        counts = torch.full((len(starts),), float(width), dtype=F64, device=self.device)
+        counts[-1] = n - width * (len(starts) - 1)
+        mean = means @ counts / n
+        spread = means - mean[:, None]
+        comoment.addmm_(spread * counts, spread.T)
+        return mean, comoment
 
     def merge(self, other: Moments) -> Moments:
         """Fold in another accumulator: the same as having seen its samples too."""

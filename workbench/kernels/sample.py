@@ -71,9 +71,11 @@ class BottomK:
         keys = keys.to(self.device)
         if self.k == 0:
             return torch.zeros(0, dtype=torch.int64, device=self.device)
-        pos = torch.arange(keys.numel(), device=self.device)
-        if self.keys.numel() == self.k:
-            pos = pos[keys < self.keys[-1]]  # kept sorted: the last key is the threshold
+        if self.keys.numel() < self.k:
+            if keys.numel() <= self.k:
+                return torch.arange(keys.numel(), device=self.device)
+            return torch.topk(keys, self.k, largest=False, sorted=True).indices
+        pos = (keys < self.keys[-1]).nonzero().squeeze(1)  # kept sorted: the last key is the bar
         if pos.numel() > self.k:
             pos = pos[torch.topk(keys[pos], self.k, largest=False, sorted=True).indices]
         return pos
@@ -82,15 +84,35 @@ class BottomK:
                ids: Int[Tensor, "m ni"]) -> BottomK:
         """Offer items; keys must be unique across everything ever offered."""
         dev = self.device
-        self._keep(torch.cat([self.keys, keys.to(dev)]),
-                   torch.cat([self.values, values.to(dev, torch.float64)]),
-                   torch.cat([self.ids, ids.to(dev, torch.int64)]))
+        keys, values, ids = self._sorted(keys.to(dev), values.to(dev, torch.float64),
+                                         ids.to(dev, torch.int64))
+        # Merge two sorted runs: an item's place is its index in its own run plus the number of
+        # smaller keys in the other (keys are unique), so no sort of the union is needed.
+        old, total = self.keys, min(self.k, self.keys.numel() + keys.numel())
+        place_old = torch.arange(old.numel(), device=dev) + torch.searchsorted(keys, old)
+        place_new = torch.arange(keys.numel(), device=dev) + torch.searchsorted(old, keys)
+        n_old = int((place_old < total).sum())  # a prefix of each run stays
+        n_new = total - n_old
+        # One gather per state from the two kept prefixes, through the inverse of their places.
+        source = torch.empty(total, dtype=torch.int64, device=dev)
+        source[place_old[:n_old]] = torch.arange(n_old, device=dev)
+        source[place_new[:n_new]] = torch.arange(n_old, total, device=dev)
+        self.keys, self.values, self.ids = (
+            torch.cat([mine[:n_old], theirs[:n_new]]).index_select(0, source)
+            for mine, theirs in ((self.keys, keys), (self.values, values), (self.ids, ids)))
         return self
 
+    @staticmethod
+    def _sorted(keys: Tensor, values: Tensor, ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The items in key order (keys are unique, so this is deterministic on any device)."""
+        if keys.numel() > 1 and not bool((keys[1:] > keys[:-1]).all()):
+            keys, order = torch.sort(keys)
+            values, ids = values.index_select(0, order), ids.index_select(0, order)
+        return keys, values, ids
+
     def _keep(self, keys: Tensor, values: Tensor, ids: Tensor) -> None:
-        # Keys are unique, so sorting is deterministic on any device.
-        order = torch.argsort(keys)[: self.k]
-        self.keys, self.values, self.ids = keys[order], values[order], ids[order]
+        keys, values, ids = self._sorted(keys, values, ids)
+        self.keys, self.values, self.ids = keys[: self.k], values[: self.k], ids[: self.k]
 
     def merge(self, other: BottomK) -> BottomK:
         if not isinstance(other, BottomK) or (other.k, other.n_values, other.n_ids) != (
