@@ -121,26 +121,6 @@ def test_logit_lens_matches_naive_loop(n_lens, batch, pos, vocab, budget, seed):
     assert (out.kl[-1] == 0).all()
 
 
-@pytest.mark.parametrize("budget", [1, 2**28])
-def test_masked_positions_are_skipped_and_real_ones_unchanged(budget):
-    """With a padding mask, real positions read out as without it; padding holds the fills."""
-    g = torch.Generator().manual_seed(0)
-    u = Unembed(torch.randn(6, 40, generator=g), torch.randn(40, generator=g))
-    stack = torch.randn(3, 2, 5, 6, generator=g)
-    mask = torch.tensor([[True, True, True, False, False], [True, True, True, True, True]])
-    targets = next_token_targets(torch.randint(0, 40, (2, 5), generator=g), mask)
-    watch = torch.tensor([3, 7])
-    full = logit_lens(stack, u, mode="raw", k=4, targets=targets, watch=watch, budget_bytes=budget)
-    part = logit_lens(stack, u, mode="raw", k=4, targets=targets, watch=watch, budget_bytes=budget,
-                      mask=mask)
-    for name in ("topk_ids", "ranks", "watch_ranks", "agreement"):
-        assert torch.equal(getattr(part, name)[:, mask], getattr(full, name)[:, mask]), name
-    for name in ("topk_probs", "entropy", "kl"):
-        torch.testing.assert_close(getattr(part, name)[:, mask], getattr(full, name)[:, mask])
-    assert (part.topk_ids[:, ~mask] == -1).all() and (part.ranks[:, ~mask] == 0).all()
-    assert (part.watch_ranks[:, ~mask] == 0).all() and (part.kl[:, ~mask] == 0).all()
-
-
 def test_chunk_sizes_fit_the_budget():
     for n_lens, n_rows, vocab, budget in [(13, 1024, 50_000, 256 * 2**20), (3, 10, 257, 2**28),
                                           (40, 5000, 200_000, 64 * 2**20), (2, 7, 11, 1)]:

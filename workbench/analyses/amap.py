@@ -27,7 +27,7 @@ from workbench.analyses import amap_checkpoint as ckpt
 from workbench.analyses.amap_contexts import read_contexts
 from workbench.data import Windows
 from workbench.errors import WorkbenchError
-from workbench.kernels.amap import SUM_DTYPES, Amap, check_fits, estimate_bytes, first_argmax
+from workbench.kernels.amap import SUM_DTYPES, Amap, check_fits, estimate_bytes
 from workbench.kernels.top_windows import TopWindows
 
 ARTIFACT = "amap.safetensors"
@@ -267,16 +267,14 @@ def analyze(
             acts = torch.stack([batch.acts[h] for h in hooks])
             keys = {"input": batch.tokens}
             if "output" in modes:
-                keys["output"] = first_argmax(batch.logits)
+                keys["output"] = batch.logits.argmax(-1)
             amap.update(acts, batch.mask, {m: keys[m] for m in modes})
             top.update(acts, batch.mask, batch.index + window_offset)
-        next_window = int(batch.index[-1]) + 1
-        del batch, acts, keys  # before the next forward (see capture.stream)
         done += 1
         this_run += 1
         if checkpoint_dir is not None and done % checkpoint_every == 0:
             state = amap.state_dict() | {f"top.{k}": v for k, v in top.state_dict().items()}
-            ckpt.save(checkpoint_dir, state, next_window, done, batch_size, fp)
+            ckpt.save(checkpoint_dir, state, int(batch.index[-1]) + 1, done, batch_size, fp)
         if max_batches is not None and this_run >= max_batches:
             raise BuildInterrupted(
                 f"stopped after {this_run} batches (max_batches); continue with --resume"

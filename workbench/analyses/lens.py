@@ -300,11 +300,10 @@ def _check(model, mode: str, k: int) -> None:
 
 
 def _lens(model, stack, tokens, mask, mode, k, watch_ids, budget_bytes) -> LensOutput:
-    # Padding is never projected (short documents leave most of a window padding).
     return logit_lens(stack, Unembed.from_model(model), mode=mode, k=k,
                       targets=next_token_targets(tokens, mask),
                       watch=None if watch_ids is None else watch_ids.to(stack.device),
-                      budget_bytes=budget_bytes, mask=mask)
+                      budget_bytes=budget_bytes)
 
 
 def analyze(

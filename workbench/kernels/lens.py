@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from einops import rearrange
+from einops import einsum, rearrange
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
@@ -67,12 +67,10 @@ def project(
     x = resid
     if mode == "final_ln" and unembed.ln is not None:
         x = unembed.ln(x)
-    if unembed.b_U is None:
-        return (x @ unembed.W_U).float()
-    # One fused GEMM (as TransformerLens' unembed computes it): no second pass over the logits.
-    flat = rearrange(x, "... d -> (...) d")
-    logits = torch.addmm(unembed.b_U, flat, unembed.W_U)
-    return logits.reshape(*x.shape[:-1], logits.shape[-1]).float()
+    logits = x @ unembed.W_U
+    if unembed.b_U is not None:
+        logits = logits + unembed.b_U
+    return logits.float()
 
 
 def target_ranks(
@@ -149,14 +147,11 @@ def logit_lens(
     targets: Int[Tensor, "batch pos"] | None = None,
     watch: Int[Tensor, " w"] | None = None,
     budget_bytes: int = DEFAULT_BUDGET,
-    mask: Bool[Tensor, "batch pos"] | None = None,
 ) -> LensOutput:
     """Read out every lens of ``stack`` at every position; the last lens is the reference "final".
 
     ``targets[b, p]`` is the id whose rank is wanted at position p (e.g. ``tokens[b, p + 1]``);
-    negative means none. ``watch`` ids are ranked at every lens and position. With ``mask``
-    only its real positions are read out (never projected); padding holds top-k id -1, rank 0
-    and zeros.
+    negative means none. ``watch`` ids are ranked at every lens and position.
 
     >>> u = Unembed(torch.randn(8, 50), None)
     >>> out = logit_lens(torch.randn(3, 2, 5, 8), u, mode="raw", k=4)
@@ -171,14 +166,8 @@ def logit_lens(
         raise ValueError(f"k={k} must be between 1 and the vocabulary size {vocab}")
     dev = stack.device
     rows = rearrange(stack, "lens batch pos d -> lens (batch pos) d")
-    flat_targets = None if targets is None else rearrange(targets, "batch pos -> (batch pos) 1")
-    real = None
-    if mask is not None and not bool(mask.all()):
-        real = rearrange(mask.to(dev), "batch pos -> (batch pos)").nonzero()[:, 0]
-        rows = rows.index_select(1, real)
-        if flat_targets is not None:
-            flat_targets = flat_targets.index_select(0, real)
     n_rows = rows.shape[1]
+    flat_targets = None if targets is None else rearrange(targets, "batch pos -> (batch pos) 1")
     w = 0 if watch is None else int(watch.shape[0])
 
     topk_ids = torch.empty((n_lens, n_rows, k), dtype=torch.long, device=dev)
@@ -190,64 +179,59 @@ def logit_lens(
     watch_ranks = torch.empty((n_lens, n_rows, w), dtype=torch.long, device=dev) if w else None
 
     n_pos, n_grp = chunk_sizes(n_lens, n_rows, vocab, budget_bytes)
-    # Groups of lenses from the last: the first group read holds the final lens, whose
-    # distribution every lens' KL and agreement needs (so it is projected once, not twice).
-    groups = [slice(l0, min(n_lens, l0 + n_grp)) for l0 in range(0, n_lens, n_grp)][::-1]
     for r0 in range(0, n_rows, n_pos):
         r = slice(r0, min(n_rows, r0 + n_pos))
-        final_p = final_top1 = final_neg_h = None
-        for ls in groups:
+        final_logits = project(rows[-1, r], unembed, mode)  # [rows, vocab]
+        final_top1 = final_logits.topk(1, dim=-1).indices[..., 0]  # the same tie rule as below
+        final_logp = final_logits.log_softmax(-1)
+        del final_logits
+        final_p = final_logp.exp()
+        # sum p_f log p_f: KL(final || lens) = this - sum p_f log p_lens (no [rows, vocab] temp).
+        final_neg_h = einsum(final_p, final_logp, "r v, r v -> r")
+        del final_logp
+        for l0 in range(0, n_lens, n_grp):
+            ls = slice(l0, min(n_lens, l0 + n_grp))
             logits = project(rows[ls, r], unembed, mode)  # [lenses, rows, vocab]
             vals, ids = logits.topk(k, dim=-1)
             topk_ids[ls, r] = ids
+            agreement[ls, r] = ids[..., 0] == final_top1
             if flat_targets is not None:
                 tgt = flat_targets[r].expand(logits.shape[0], -1, -1)
                 ranks[ls, r] = target_ranks(logits, tgt)[..., 0]
             if w:
                 wid = watch.to(dev).expand(*logits.shape[:2], w)
                 watch_ranks[ls, r] = target_ranks(logits, wid)
-            # Softmax statistics from the logits shifted by their max (= vals[..., 0]); with
-            # z' = z - max, e = exp z', s = sum e: log p = z' - log s, H = log s - sum e z' / s,
+            # Softmax statistics from logits shifted by their max (= vals[..., 0]); with
+            # z' = z - max, s = sum exp z': log p = z' - log s, H = log s - sum p z',
             # sum p_f log p = sum p_f z' - log s. Two [lenses, rows, vocab] tensors at most.
-            # In place where a tensor is read for the last time: every pass over a
-            # [lenses, rows, vocab] tensor costs as much as the projection's share of a row.
-            shifted = logits.sub_(vals[..., :1])
-            e = shifted.exp()
-            s = e.sum(-1)
+            shifted = logits - vals[..., :1]
+            del logits
+            p = shifted.exp()
+            s = p.sum(-1, keepdim=True)
             log_s = s.log()
-            topk_probs[ls, r] = (vals - vals[..., :1] - log_s[..., None]).exp()
-            if final_p is None:  # the first group: its last lens is the final one
-                final_top1 = ids[-1, :, 0]
-                final_p = e[-1] / s[-1, :, None]  # a copy: e's other lenses are freed
-            entropy[ls, r] = log_s - e.mul_(shifted).sum(-1) / s
-            del e
-            if final_neg_h is None:
-                final_neg_h = -entropy[ls.stop - 1, r]
-            agreement[ls, r] = ids[..., 0] == final_top1
-            cross = shifted.mul_(final_p).sum(-1) - log_s
+            p.div_(s)
+            topk_probs[ls, r] = (vals - vals[..., :1] - log_s).exp()
+            log_s = log_s[..., 0]
+            entropy[ls, r] = log_s - einsum(p, shifted, "l r v, l r v -> l r")
+            del p
+            cross = einsum(shifted, final_p, "l r v, r v -> l r") - log_s
             kl[ls, r] = (final_neg_h - cross).clamp_(min=0.0)
-            del shifted, logits
-        # Exactly, whatever the rounding of the final lens' two readings of its distribution.
+            del shifted
+        # Exactly, whatever the rounding of the two projections of the final lens.
         kl[-1, r] = 0.0
         agreement[-1, r] = True
 
-    def unflat(x: Tensor | None, pattern: str, fill) -> Tensor | None:
-        if x is None:
-            return None
-        if real is not None:  # back to every position, padding filled
-            full = torch.full((x.shape[0], batch * pos, *x.shape[2:]), fill, dtype=x.dtype,
-                              device=dev)
-            x = full.index_copy_(1, real, x)
-        return rearrange(x, pattern, batch=batch, pos=pos)
+    def unflat(x: Tensor | None, pattern: str) -> Tensor | None:
+        return None if x is None else rearrange(x, pattern, batch=batch, pos=pos)
 
     return LensOutput(
-        unflat(topk_ids, "l (batch pos) k -> l batch pos k", -1),
-        unflat(topk_probs, "l (batch pos) k -> l batch pos k", 0.0),
-        unflat(entropy, "l (batch pos) -> l batch pos", 0.0),
-        unflat(kl, "l (batch pos) -> l batch pos", 0.0),
-        unflat(agreement, "l (batch pos) -> l batch pos", False),
-        unflat(ranks, "l (batch pos) -> l batch pos", 0),
-        unflat(watch_ranks, "l (batch pos) w -> l batch pos w", 0),
+        unflat(topk_ids, "l (batch pos) k -> l batch pos k"),
+        unflat(topk_probs, "l (batch pos) k -> l batch pos k"),
+        unflat(entropy, "l (batch pos) -> l batch pos"),
+        unflat(kl, "l (batch pos) -> l batch pos"),
+        unflat(agreement, "l (batch pos) -> l batch pos"),
+        unflat(ranks, "l (batch pos) -> l batch pos"),
+        unflat(watch_ranks, "l (batch pos) w -> l batch pos w"),
     )
 
 

@@ -47,13 +47,9 @@ class TopWindows:
     def _keep_best(self, values: Tensor, windows: Tensor, positions: Tensor) -> None:
         # Equal maxima are common (a causal model's position 0 sees only its own token): order
         # ties by window id so that any batching or merge order selects the same windows.
-        if values.isnan().any() or windows.numel() and int(windows.max()) >= 2**31:
-            by_window = windows.argsort(dim=-1, stable=True)
-            values, windows, positions = (t.gather(-1, by_window)
-                                          for t in (values, windows, positions))
-            idx = values.sort(dim=-1, descending=True, stable=True).indices[..., : self.k]
-        else:  # one top-k of an int64 key that sorts as (value desc, window asc): ~2x faster
-            idx = _order_key(values, windows).topk(self.k, dim=-1).indices
+        by_window = windows.argsort(dim=-1, stable=True)
+        values, windows, positions = (t.gather(-1, by_window) for t in (values, windows, positions))
+        idx = values.sort(dim=-1, descending=True, stable=True).indices[..., : self.k]
         self.values = values.gather(-1, idx)
         self.windows = windows.gather(-1, idx)
         self.positions = positions.gather(-1, idx)
@@ -66,36 +62,14 @@ class TopWindows:
     ) -> TopWindows:
         dev = self.device
         a = acts.to(dev).float()
-        mask = mask.to(dev)
-        if not bool(mask.all()):
-            neg = torch.tensor(-torch.inf, device=dev)
-            a = torch.where(rearrange(mask, "batch pos -> 1 batch pos 1"), a, neg)
-        best, pos = _max_over_positions(a)  # [layer, batch, mlp]
+        neg = torch.tensor(-torch.inf, device=dev)
+        a = torch.where(rearrange(mask.to(dev), "batch pos -> 1 batch pos 1"), a, neg)
+        best, pos = a.max(dim=2)  # [layer, batch, mlp]
         best = rearrange(best, "layer batch mlp -> layer mlp batch")
         pos = rearrange(pos, "layer batch mlp -> layer mlp batch")
         win = window_ids.to(dev).expand(self.n_layers, self.d_mlp, -1)
-        # Only units where some window of the batch reaches their k-th best can change; once the
-        # stream is warm that is a few of them, so only those rows are re-selected.
-        live = (best >= self.values[..., -1:]) | best.isnan()
-        rows = rearrange(live.any(-1), "layer mlp -> (layer mlp)").nonzero()[:, 0]
-        if rows.numel() == 0:
-            return self
-        if rows.numel() > live[..., 0].numel() // 2:
-            self._keep_best(torch.cat([self.values, best], -1), torch.cat([self.windows, win], -1),
-                            torch.cat([self.positions, pos], -1))
-            return self
-        old = {n: getattr(self, n) for n in STATES}
-
-        def pick(t: Tensor) -> Tensor:
-            return rearrange(t, "layer mlp k -> (layer mlp) k").index_select(0, rows)
-
-        self._keep_best(torch.cat([pick(old["values"]), pick(best)], -1),
-                        torch.cat([pick(old["windows"]), pick(win)], -1),
-                        torch.cat([pick(old["positions"]), pick(pos)], -1))
-        for n in STATES:
-            flat = rearrange(old[n], "layer mlp k -> (layer mlp) k").index_copy(
-                0, rows, getattr(self, n))
-            setattr(self, n, rearrange(flat, "(layer mlp) k -> layer mlp k", layer=self.n_layers))
+        self._keep_best(torch.cat([self.values, best], -1), torch.cat([self.windows, win], -1),
+                        torch.cat([self.positions, pos], -1))
         return self
 
     def merge(self, other: TopWindows) -> TopWindows:
@@ -128,34 +102,3 @@ class TopWindows:
         for n in STATES:
             setattr(self, n, getattr(self, n).to(device))
         return self
-
-
-def _order_key(values: Float[Tensor, "*lead n"], windows: Int[Tensor, "*lead n"]) -> Tensor:
-    """An int64 per entry whose order is (value descending, then window ascending), for finite
-    and infinite values and window ids in [-1, 2**31): the float's bits made monotone in the
-    high half (-0.0 counted as 0.0, as comparisons do), the complement of the window below."""
-    bits = (values + 0.0).view(torch.int32).long()  # + 0.0: -0.0 becomes 0.0
-    bits = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
-    return (bits << 32) | (~windows & 0xFFFFFFFF)
-
-
-def _max_over_positions(a: Float[Tensor, "layer batch pos mlp"]) -> tuple[Tensor, Tensor]:
-    """``a.max(dim=2)`` (values, first position of the maximum), ~4x faster on CPU, where ``max``
-    with indices is a slow kernel: ``amax``, then the first position equal to it as the largest
-    of ``pos_count - position`` over the positions that hold it."""
-    n_pos = a.shape[2]
-    if n_pos == 0 or a.device.type != "cpu":
-        return a.max(dim=2)
-    best = a.amax(dim=2)
-    if best.isnan().any():
-        return a.max(dim=2)
-    hit = a == rearrange(best, "layer batch mlp -> layer batch 1 mlp")
-    # bool → uint8 is a free reinterpretation; wider windows need a wider count.
-    dtype = torch.uint8 if n_pos < 2**8 else torch.int32
-    hit = hit.view(torch.uint8) if dtype == torch.uint8 else hit.to(dtype)
-    countdown = torch.arange(n_pos, 0, -1, dtype=dtype, device=a.device)
-    hit.mul_(rearrange(countdown, "pos -> 1 1 pos 1"))
-    pos = (n_pos - hit.amax(dim=2)).long()
-    if (best == 0).any():  # max returns the value at that position: it may be -0.0 where amax's is 0.0
-        best = a.gather(2, pos.unsqueeze(2)).squeeze(2)
-    return best, pos
