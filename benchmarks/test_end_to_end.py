@@ -92,18 +92,25 @@ def _record(benchmark, role: str, windows, extra: dict | None = None) -> None:
                                  "threads": torch.get_num_threads(), **(extra or {})})
 
 
+ROUNDS = 1 if QUICK else 3
+
+
+def _time_bare_forward(benchmark, model, windows) -> None:
+    """The baseline of every e2e group: the bare forward over the same windows."""
+    benchmark.pedantic(bare_forward, args=(model, windows), rounds=ROUNDS, iterations=1,
+                       warmup_rounds=0 if QUICK else 1)
+    _record(benchmark, "baseline", windows)
+
+
 @pytest.mark.parametrize("impl", ["bare_forward", "workbench_run"])
 @pytest.mark.benchmark(group="e2e-run")
 def test_run_vs_forward(benchmark, impl, inputs, tmp_path):
     model, windows, text = inputs("run")
-    rounds = 1 if QUICK else 3
     if impl == "bare_forward":
-        benchmark.pedantic(bare_forward, args=(model, windows), rounds=rounds, iterations=1,
-                           warmup_rounds=0 if QUICK else 1)
-        _record(benchmark, "baseline", windows)
+        _time_bare_forward(benchmark, model, windows)
         return
     summary = benchmark.pedantic(run_main_job, args=(model, windows, text, tmp_path),
-                                 rounds=rounds, iterations=1)
+                                 rounds=ROUNDS, iterations=1)
     assert all(a["status"] == "ok" for a in summary["analyses"].values()), summary["analyses"]
     assert (tmp_path / "report.html").stat().st_size > 0
     _record(benchmark, "workbench", windows, {
@@ -115,13 +122,10 @@ def test_run_vs_forward(benchmark, impl, inputs, tmp_path):
 @pytest.mark.benchmark(group="e2e-amap-build")
 def test_amap_build_vs_forward(benchmark, impl, inputs):
     model, windows, _ = inputs("amap")
-    rounds = 1 if QUICK else 3
     if impl == "bare_forward":
-        benchmark.pedantic(bare_forward, args=(model, windows), rounds=rounds, iterations=1,
-                           warmup_rounds=0 if QUICK else 1)
-        _record(benchmark, "baseline", windows)
+        _time_bare_forward(benchmark, model, windows)
         return
-    result = benchmark.pedantic(amap_build, args=(model, windows), rounds=rounds, iterations=1)
+    result = benchmark.pedantic(amap_build, args=(model, windows), rounds=ROUNDS, iterations=1)
     assert all(result.invariants.values()), result.invariants
     _record(benchmark, "workbench", windows)
 
