@@ -13,8 +13,9 @@ import torch
 
 from workbench.analyses.amap import analyze
 from workbench.data import load_windows
-from workbench.distributed import DistContext, local_part
+from workbench.distributed import DistContext
 from workbench.models.random_tiny import random_tiny
+from workbench.sharding import local_part
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ import pytest
 from tests.torchrun import assert_same_tensors, gloss_model, torchrun
 from workbench.artifacts import load
 from workbench.cli import main
-from workbench.distributed import shard_range
+from workbench.sharding import shard_range
 
 ARTIFACT = "amap.safetensors"
 ARGS = ["amap", "build", "--model", gloss_model(), "--dataset", "wordnet-glosses", "--limit",

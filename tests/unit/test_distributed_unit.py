@@ -5,9 +5,10 @@ import re
 import pytest
 import torch
 
-from workbench.distributed import DistContext, _identity, parse_shard
+from workbench.distributed import DistContext, _identity
 from workbench.errors import WorkbenchError
 from workbench.kernels.moments import Moments
+from workbench.sharding import parse_shard
 
 
 def test_parse_shard():

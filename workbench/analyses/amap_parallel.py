@@ -18,8 +18,9 @@ from pathlib import Path
 
 from workbench.analyses import amap_checkpoint as ckpt
 from workbench.analyses.amap import AmapResult, analyze, read_contexts
-from workbench.distributed import DistContext, local_part, shard_metadata
+from workbench.distributed import DistContext
 from workbench.errors import WorkbenchError
+from workbench.sharding import local_part, shard_metadata
 
 CHECKPOINTS = "checkpoints"
 _RANK_DIR = re.compile(r"^rank(\d+)-of-(\d+)$")

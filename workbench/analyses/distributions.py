@@ -22,12 +22,13 @@ from torch import Tensor
 from workbench import artifacts
 from workbench.capture import layer_labels, resid_hooks, stream
 from workbench.data import Windows
-from workbench.distributed import DistContext, flat_states, local_part, shard_metadata
+from workbench.distributed import DistContext, flat_states
 from workbench.errors import WorkbenchError
 from workbench.kernels.dimstats import DimStats
 from workbench.kernels.histogram import Histogram, linear_edges, symlog_edges
 from workbench.kernels.moments import Moments
 from workbench.kernels.sample import BottomK, permute_ids
+from workbench.sharding import local_part, shard_metadata
 
 ARTIFACT = "distributions.safetensors"
 

@@ -90,8 +90,9 @@ def build_main(args) -> int:
     from workbench.analyses.amap import build
     from workbench.analyses.amap_parallel import build_parallel
     from workbench.cli.common import load_inputs
-    from workbench.distributed import DistContext, parse_shard
+    from workbench.distributed import DistContext
     from workbench.paths import resolve_device
+    from workbench.sharding import parse_shard
     from workbench.views.amap import section
     from workbench.views.html import Page
 

@@ -55,8 +55,9 @@ def register(sub) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from workbench.analyses.distributions import analyze
-    from workbench.distributed import DistContext, parse_shard
+    from workbench.distributed import DistContext
     from workbench.paths import resolve_device
+    from workbench.sharding import parse_shard
 
     if args.action == "merge" or args.parts:
         return _merge(args)
