@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TEXT ?= The cat sat on the mat because it was warm. A dog is a domesticated carnivorous mammal that barks.
 OUT ?= out/run
-MODEL ?= tiny-gloss-lm
+MODEL ?= gemma-3-270m
 PYTEST_ARGS ?=
 
 .PHONY: setup system-deps run test test-fast bench bench-quick bench-table lint train clean

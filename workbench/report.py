@@ -38,6 +38,8 @@ class Entry:
     key_numbers: Callable[[object], dict]
     # Windows of its own, from the model, the run's windows and the source (load_windows kwargs).
     windows: Callable[[object, Windows, dict | None], Windows] | None = None
+    # Why this analysis cannot run on this model here (None: it can); the report says so.
+    skip: Callable[[object, dict], str | None] | None = None
 
 
 def _first_len(windows: Windows) -> int:
@@ -65,6 +67,24 @@ def _amap_windows(model, windows: Windows, source: dict | None) -> Windows:
     longest = int((windows.mask.sum(1) - n_special).max())
     size = max(1, min(AMAP_WINDOW, longest))
     return load_windows(model, window=size, stride=size, **source)
+
+
+def _amap_skip(model, options: dict) -> str | None:
+    """The run's AMAP is dense over the vocabulary: say so when that cannot fit, rather than fail."""
+    from workbench.kernels.amap import available_bytes, estimate_bytes, human_bytes
+
+    cfg = model.cfg
+    need = estimate_bytes(cfg.n_layers, cfg.d_vocab + AMAP_WINDOW, cfg.d_mlp,
+                          len(options.get("modes", ("input",))))
+    device = next(model.parameters()).device
+    budget = int(available_bytes(device) * 0.5)
+    if need <= budget:
+        return None
+    return (f"skipped: the AMAP is stored dense over the vocabulary ({cfg.d_vocab:,} tokens x "
+            f"{cfg.n_layers} layers x {cfg.d_mlp} neurons = {human_bytes(need)}, more than half "
+            f"of the {human_bytes(available_bytes(device))} free). A sparse AMAP that grows with "
+            "the tokens seen is not built yet; `workbench amap build --layers L` builds a dense "
+            "one for a few layers")
 
 
 def _from_summary(result) -> dict:
@@ -109,8 +129,17 @@ REGISTRY: list[Entry] = [
     Entry("attention", _attention_options, _from_summary),
     Entry("factors", _factors_options, _from_summary),
     # Input-token AMAP of this text only (the corpus-scale build is `workbench amap build`).
-    Entry("amap", lambda m, w: {"modes": ("input",)}, _amap_numbers, _amap_windows),
+    Entry("amap", lambda m, w: {"modes": ("input",)}, _amap_numbers, _amap_windows, _amap_skip),
 ]
+
+
+def _skipped_section(name: str, reason: str):
+    from workbench.views.html import Section
+
+    import html
+
+    titles = {"amap": "Neuron AMAPs"}
+    return Section(titles.get(name, name.capitalize()), [], note=html.escape(reason))
 
 
 def missing_modules(name: str) -> list[str]:
@@ -153,6 +182,11 @@ def run_all(model, windows: Windows, out_dir: str | Path, *, batch_size: int = 8
         t0 = time.perf_counter()
         own = windows if entry.windows is None else entry.windows(model, windows, source)
         options = entry.options(model, own)
+        reason = entry.skip(model, options) if entry.skip is not None else None
+        if reason is not None:
+            analyses[entry.name] = {"status": "skipped", "reason": reason}
+            sections.append(_skipped_section(entry.name, reason))
+            continue
         result = module.analyze(model, own, batch_size=batch_size, progress=progress, **options)
         t1 = time.perf_counter()
         artifact = result.save(out_dir)
@@ -174,7 +208,7 @@ def run_all(model, windows: Windows, out_dir: str | Path, *, batch_size: int = 8
     data = meta["data"]
     timings = ", ".join(f"{n} {a['seconds']['total']:.1f} s" for n, a in analyses.items()
                         if a["status"] == "ok")
-    skipped = [n for n, a in analyses.items() if a["status"] != "ok"]
+    skipped = [n for n, a in analyses.items() if a["status"] == "not built"]
     device = next(model.parameters()).device
     header = {
         "model": f"{meta['model']} (weights sha256 {meta['weights_sha256_16']}, "

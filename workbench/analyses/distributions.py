@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,7 +116,47 @@ def layer_index(labels: list[str], layer: int | str) -> int:
     return layer % len(labels)
 
 
-def make_edges(bins: int = 300, value_range: tuple[float, float] = (-15.0, 15.0),
+SEED_RANGE = (-15.0, 15.0)
+# A fixed English paragraph: the probe that sizes the default histogram edges of a model. Fixed
+# text, so every shard, rank and rerun of one model gets the same edges (and can merge).
+CALIBRATION_TEXT = (
+    "The history of the city begins with a small settlement on the river. Over the centuries it "
+    "grew into a centre of trade, and its markets drew merchants from distant countries. Today "
+    "it is known for its museums, its university and the bridges that cross the water; 42 of "
+    "them were built before 1900."
+)
+_AUTO_MARGIN = 4.0
+
+
+def auto_edges(model, bins: int = 300) -> tuple[Tensor, dict]:
+    """Default histogram edges sized to the model: the seed's ``linspace(-15, 15, bins + 1)`` when
+    the model's residuals stay within half of it, else symmetric-log edges over ``±10^k`` (the
+    smallest power of ten above 4x the largest |value| of a calibration paragraph, BOS position
+    included), linear within ±1. Deterministic per model and ``bins``.
+
+    gemma-3-270m's residuals reach ~1e5 (about 93% of its last layer's values lie outside ±15):
+    its edges are symlog over ±1e6. Returns (edges, a record of the choice for the metadata).
+    """
+    from workbench.capture import forward
+    from workbench.data import load_windows
+
+    windows = load_windows(model, text=CALIBRATION_TEXT)
+    device = next(model.parameters()).device
+    n = int(windows.mask[0].sum())  # windows are padded to the context: forward the text only
+    tokens, mask = windows.tokens[:1, :n].to(device), windows.mask[:1, :n].to(device)
+    hooks = resid_hooks(model)
+    acts, _ = forward(model, tokens, mask, hooks, stop_at_layer=model.cfg.n_layers)
+    peak = max(float(acts[h][mask].abs().float().max()) for h in hooks)
+    record = {"rule": "auto", "calibration_max_abs": round(peak, 4)}
+    if 2 * peak <= SEED_RANGE[1]:
+        return linear_edges(*SEED_RANGE, bins), record | {"kind": "linear",
+                                                          "range": list(SEED_RANGE)}
+    limit = 10.0 ** math.ceil(math.log10(_AUTO_MARGIN * peak))
+    return symlog_edges(limit, bins, 1.0), record | {"kind": "symlog", "range": [-limit, limit],
+                                                     "linthresh": 1.0}
+
+
+def make_edges(bins: int = 300, value_range: tuple[float, float] = SEED_RANGE,
                symlog: float | None = None) -> Tensor:
     """The seed's ``linspace(-15, 15, 301)`` by default; ``symlog=T``: symmetric-log edges over
     ``[-max|range|, max|range|]``, linear within ±T."""
@@ -146,7 +188,7 @@ def analyze(
     progress: bool = True,
     skip_first: bool = True,
     bins: int = 300,
-    value_range: tuple[float, float] = (-15.0, 15.0),
+    value_range: tuple[float, float] | None = None,
     symlog: float | None = None,
     sample: int = 1000,
     scatter_points: int = 10000,
@@ -166,6 +208,10 @@ def analyze(
     sizes of one deterministic uniform sample of (token, dim) pairs, keyed by ``seed``: the same
     whatever the batch size or device. ``layer`` and ``pair_layers`` (default: the first four)
     only choose what is drawn.
+
+    ``value_range=None`` (default) sizes the histogram edges to the model (``auto_edges``: the
+    seed's ±15 where it fits, symlog edges for models like gemma whose residuals reach 1e5);
+    ``value_range=(-15, 15)`` gives the seed's fixed edges whatever the model.
     """
     hooks = resid_hooks(model)
     labels = layer_labels(model)
@@ -176,7 +222,12 @@ def analyze(
         raise WorkbenchError(f"sample sizes must be >= 0 (got {sample}, {scatter_points})")
     n_vars, d = len(hooks), int(model.cfg.d_model)
     device = next(model.parameters()).device
-    edges = make_edges(bins, value_range, symlog)
+    if value_range is None and symlog is None:
+        edges, edge_rule = auto_edges(model, bins)
+        value_range = tuple(edge_rule["range"])
+    else:
+        value_range = SEED_RANGE if value_range is None else value_range
+        edges, edge_rule = make_edges(bins, value_range, symlog), {"rule": "given"}
     moments = Moments(n_vars, device)
     hist = Histogram(edges, n_vars, device)
     dims = DimStats(n_vars, d, device)
@@ -211,7 +262,7 @@ def analyze(
         raise WorkbenchError("no positions left to analyse: every window has only its first "
                              "position; give longer text or keep it (skip_first=False)")
     settings = {"skip_first": skip_first, "bins": bins, "value_range": list(value_range),
-                "symlog": symlog, "sample": sample, "scatter_points": scatter_points,
+                "symlog": symlog, "edges": edge_rule, "sample": sample, "scatter_points": scatter_points,
                 "layer": layer, "pair_layers": list(pair_layers), "seed": seed,
                 "batch_size": batch_size}
     token_labels = None

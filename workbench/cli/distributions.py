@@ -38,8 +38,11 @@ def register(sub) -> None:
     p.add_argument("--keep-first", dest="skip_first", action="store_false",
                    help="keep position 0 of each window (excluded by default, as in the seed)")
     p.add_argument("--bins", type=int, default=300, help="histogram bins (default 300)")
-    p.add_argument("--range", dest="value_range", type=float, nargs=2, default=(-15.0, 15.0),
-                   metavar=("LO", "HI"), help="histogram range (default -15 15)")
+    p.add_argument("--range", dest="value_range", type=float, nargs=2, default=None,
+                   metavar=("LO", "HI"),
+                   help="histogram range (default: sized to the model; the seed's -15 15 where "
+                   "its residuals fit, symlog edges over +-1e6 for gemma-3-270m). "
+                   "--range -15 15 gives the seed's fixed edges")
     p.add_argument("--symlog", type=float, default=None, metavar="T",
                    help="symmetric-log bins, linear within ±T (for heavy tails)")
     p.add_argument("--layer", type=_layer, default=-1,
@@ -69,7 +72,7 @@ def main(args: argparse.Namespace) -> int:
             result = analyze(
                 model, windows, batch_size=args.batch_size,
                 progress=not args.quiet and ctx.is_main,
-                skip_first=args.skip_first, bins=args.bins, value_range=tuple(args.value_range),
+                skip_first=args.skip_first, bins=args.bins, value_range=None if args.value_range is None else tuple(args.value_range),
                 symlog=args.symlog, sample=args.sample, scatter_points=args.scatter_points,
                 layer=args.layer, pair_layers=args.pair_layers, seed=args.seed,
                 shard=shard, ctx=ctx if ctx.is_distributed else None,

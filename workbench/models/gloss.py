@@ -58,7 +58,7 @@ def build_model(
             f"{folder / 'model.safetensors'} does not match config.json (missing {absent[:3]}, "
             f"unexpected {result.unexpected_keys[:3]}); retrain with `{RETRAIN}`."
         )
-    model.to(device)
+    model.to(device, print_details=False)
     model.eval()
     return model
 
