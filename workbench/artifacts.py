@@ -20,9 +20,26 @@ from workbench.errors import WorkbenchError
 
 
 def weights_hash(model) -> str:
-    """sha256 over the model's parameters (names, shapes, bytes), first 16 hex digits."""
+    """sha256 over the model's parameters (names, shapes, bytes), first 16 hex digits.
+
+    Remembered on the model until any tensor is replaced or changed in place (``_version``):
+    gemma-3-270m's 1.1 GB would otherwise be hashed again for every artifact."""
+    state = model.state_dict()
+    key = tuple((n, t.data_ptr(), t._version, t.dtype, tuple(t.shape)) for n, t in state.items())
+    memo = getattr(model, "_workbench_weights_hash", None)
+    if memo is not None and memo[0] == key:
+        return memo[1]
+    digest = _hash_state(state)
+    try:
+        model._workbench_weights_hash = (key, digest)
+    except AttributeError:
+        pass
+    return digest
+
+
+def _hash_state(state: dict) -> str:
     h = hashlib.sha256()
-    for name, p in sorted(model.state_dict().items()):
+    for name, p in sorted(state.items()):
         h.update(name.encode())
         h.update(str(tuple(p.shape)).encode())
         h.update(p.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
@@ -30,10 +47,16 @@ def weights_hash(model) -> str:
 
 
 def model_metadata(model) -> dict:
+    """The model's identity: name, weights hash, dtype, weight processing, tokenizer, sizes."""
     tok = model.tokenizer
+    first = next(model.parameters())
+    info = getattr(model, "workbench_info", {})
     return {
         "model": model.cfg.model_name,
         "weights_sha256_16": weights_hash(model),
+        "dtype": str(first.dtype).removeprefix("torch."),
+        "device": str(first.device),
+        "weight_processing": info.get("weight_processing", "unknown"),
         "tokenizer": getattr(tok, "name_or_path", type(tok).__name__),
         "tokenizer_vocab": len(tok) if tok is not None else None,
         "n_layers": model.cfg.n_layers,

@@ -14,7 +14,7 @@ from workbench.errors import OfflineError, WorkbenchError
 def test_list_models_offline_first():
     models = workbench.list_models()
     names = [m.name for m in models]
-    assert names[:3] == ["tiny-gloss-lm", "minilm", "random-tiny"]
+    assert names[:4] == ["gemma-3-270m", "tiny-gloss-lm", "minilm", "random-tiny"]
     assert all(m.offline for m in models)
     rt = next(m for m in models if m.name == "random-tiny")
     assert not rt.pretrained and "NOT trained" in rt.description
@@ -155,3 +155,18 @@ def test_hub_probe_follows_hf_endpoint_and_never_hangs(monkeypatch):
     t0 = time.perf_counter()
     assert not hub_reachable(timeout=0.5)
     assert time.perf_counter() - t0 < 2.0  # the DNS lookup is abandoned, not awaited
+
+
+def test_weights_hash_is_remembered_until_a_weight_changes(random_tiny):
+    import copy
+
+    from workbench.artifacts import _hash_state, weights_hash
+
+    model = copy.deepcopy(random_tiny)
+    first = weights_hash(model)
+    assert first == _hash_state(model.state_dict())  # the memo holds the real digest
+    assert weights_hash(model) == first
+    with torch.no_grad():
+        model.blocks[0].mlp.W_in[0, 0] += 1.0  # in place: same storage, new version
+    changed = weights_hash(model)
+    assert changed != first and changed == _hash_state(model.state_dict())

@@ -242,7 +242,8 @@ def analyze(
     settings = {"modes": list(modes), "positions": positions, "n_positions": n_pos,
                 "layers": layers, "sum_dtype": sum_dtype, "top_k": top_k}
     meta = artifacts.run_metadata(model, windows, **settings)
-    compat = ckpt.fingerprint({k: meta[k] for k in ("model", "weights_sha256_16", "tokenizer",
+    compat = ckpt.fingerprint({k: meta[k] for k in ("model", "weights_sha256_16", "dtype",
+                                                    "weight_processing", "tokenizer",
                                                     "tokenizer_vocab")} | settings)
     fp = ckpt.fingerprint({"compat": compat, "data": meta["data"], "batch_size": batch_size,
                            "window_offset": window_offset, "context_units": context_units})

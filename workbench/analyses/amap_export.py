@@ -95,7 +95,10 @@ def write_parquet(result: AmapResult, path: str | Path, **selection) -> Path:
 
 
 def _differences(a: dict, b: dict) -> list[str]:
-    keys = ("model", "weights_sha256_16", "tokenizer", "tokenizer_vocab")
+    from workbench.analyses.shards import IDENTITY
+
+    # Artifacts from before dtype / weight processing were recorded still merge with each other.
+    keys = [k for k in IDENTITY if k in a or k in b]
     out = [f"{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
     sa, sb = a.get("settings", {}), b.get("settings", {})
     out += [f"{k}: {sa.get(k)!r} vs {sb.get(k)!r}" for k in sorted(set(sa) | set(sb))

@@ -144,17 +144,42 @@ def _run(model, tokens: Tensor, types: Tensor, hooks: list[str]) -> dict[str, Te
     return acts
 
 
+def sliding_window(model, layer: int) -> int | None:
+    """The key window of a local (sliding-window) attention layer, None for a global one."""
+    attn = model.blocks[layer].attn
+    if getattr(attn, "attn_type", "global") == "local":
+        return int(model.cfg.window_size)
+    return None
+
+
+def layer_kinds(model) -> list[str]:
+    """Per layer: "global", or "local (window N)" for sliding-window layers (Gemma 3: 5 of 6)."""
+    out = []
+    for layer in range(int(model.cfg.n_layers)):
+        w = sliding_window(model, layer)
+        out.append("global" if w is None else f"local (window {w})")
+    return out
+
+
 def neuron_view(model, q: Float[Tensor, "head d_head"], k: Float[Tensor, "head key d_head"],
                 pattern_row: Float[Tensor, "head key"], layer: int, query: int,
                 causal: bool) -> NeuronView:
-    """Per-dimension products q_d·k_d / attn_scale; their sums, masked and softmaxed, are the row."""
+    """Per-dimension products q_d·k_d / attn_scale; their sums, masked and softmaxed, are the row.
+
+    ``q``/``k`` are what really make the scores: after q/k norm and rotary when the model has
+    them (``hook_rot_q``/``hook_rot_k``), keys repeated per query group for grouped-query
+    attention; the mask is causal, and limited to the window on sliding-window layers."""
     scale = float(model.blocks[layer].attn.attn_scale)
     q64, k64 = q.double(), k.double()
     products = einsum(q64, k64, "head d, head key d -> head key d") / scale
     scores = products.sum(-1)
     if causal:
         keys = torch.arange(k.shape[1], device=scores.device)
-        scores = scores.masked_fill(keys > query, float("-inf"))
+        forbidden = keys > query
+        window = sliding_window(model, layer)
+        if window is not None:  # Gemma's local layers: only the last `window` keys
+            forbidden |= keys <= query - window
+        scores = scores.masked_fill(forbidden, float("-inf"))
     softcap = getattr(model.cfg, "attn_scores_soft_cap", -1.0) or -1.0
     if softcap > 0:  # Gemma-2 style capping happens before the mask
         scores = softcap * torch.tanh(scores / softcap)
@@ -224,5 +249,11 @@ def analyze(
     meta = artifacts.run_metadata(model, windows, window_index=window_index, text_b=text_b,
                                   neuron_layer=layer, neuron_query=query,
                                   max_positions=max_positions)
+    meta |= {"n_heads": int(model.cfg.n_heads),
+             "n_key_value_heads": int(getattr(model.cfg, "n_key_value_heads", None)
+                                      or model.cfg.n_heads),
+             "layer_kinds": layer_kinds(model),
+             "qk_norm": bool(getattr(model.cfg, "use_qk_norm", False)), "neuron_q_hook": hq,
+             "neuron_k_hook": hk}
     return AttentionResult(tokens.cpu(), types.cpu(), patterns, token_strs, nv, causal,
                            window_index, len(windows), truncated_from, meta)

@@ -21,8 +21,9 @@ from workbench.errors import WorkbenchError
 # Settings that change how the work was done, not what was computed.
 IGNORED_SETTINGS = ("batch_size", "resume", "checkpoint_every", "progress")
 DATA_IDENTITY = ("source", "sha256", "window", "stride", "bos", "n_documents")
-IDENTITY = ("model", "weights_sha256_16", "tokenizer", "tokenizer_vocab", "n_layers", "d_model",
-            "d_vocab")
+# The device is recorded but not part of it: a CPU shard and a CUDA shard of one build merge.
+IDENTITY = ("model", "weights_sha256_16", "dtype", "weight_processing", "tokenizer",
+            "tokenizer_vocab", "n_layers", "d_model", "d_vocab")
 
 
 def _settings(meta: dict) -> dict:

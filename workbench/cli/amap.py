@@ -171,7 +171,9 @@ def contexts_main(args) -> int:
         raise WorkbenchError(f"{args.amap} holds no max-activating windows (a merge of AMAPs of "
                              "different data drops them); read contexts from a single build")
     name = args.model or result.meta.get("model")
-    model = load_model(name, device=args.device, dtype=args.dtype)
+    processed = result.meta.get("weight_processing") not in (None, "none", "unknown")
+    model = load_model(name, device=args.device, dtype=args.dtype or result.meta.get("dtype"),
+                       processing=processed)
     if weights_hash(model) != result.meta.get("weights_sha256_16"):
         raise WorkbenchError(
             f"the model {name!r} loaded now has other weights than the AMAP's (weights sha256 "

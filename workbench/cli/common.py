@@ -12,6 +12,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"model name (default {DEFAULT_MODEL})")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1")
     p.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16")
+    p.add_argument("--weight-processing", action="store_true",
+                   help="hub models only: apply TransformerLens' weight processing (fold LN, "
+                   "centre weights); off by default, so hidden states are HF's")
 
 
 def add_input_args(p: argparse.ArgumentParser, window: int | None = None,
@@ -42,7 +45,8 @@ def load_inputs(args):
     from workbench.data import load_windows
     from workbench.models import load_model
 
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    model = load_model(args.model, device=args.device, dtype=args.dtype,
+                       processing=getattr(args, "weight_processing", False))
     windows = load_windows(
         model, text=args.text, file=args.file, dataset=args.dataset, field=args.field,
         window=args.window, stride=args.stride, bos=args.bos, limit=args.limit,

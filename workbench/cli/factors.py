@@ -29,6 +29,9 @@ def register(sub) -> None:
     )
     add_input_args(p)
     p.add_argument("--components", type=int, default=8, help="number of factors (default 8)")
+    p.add_argument("--signed", choices=["auto", "clip", "split"], default="auto",
+                   help="negative activations: clip at 0 (ecco), split into +/- halves "
+                   "(both factorised), or auto: split for gated MLPs (default auto)")
     p.add_argument("--layers", default=None, help="layer range, e.g. 0-3 or 1,3 (default all)")
     p.add_argument("--window-index", type=int, default=0, help="which window (default 0)")
     p.add_argument("--max-iter", type=int, default=400, help="NMF iterations at most (default 400)")
@@ -45,13 +48,15 @@ def main(args) -> int:
     from workbench.views.html import Page
 
     model, windows = load_inputs(args)
-    result = analyze(model, windows, n_components=args.components,
+    result = analyze(model, windows, n_components=args.components, signed=args.signed,
                      layers=parse_layers(args.layers), window_index=args.window_index,
                      max_iter=args.max_iter, init=args.init, seed=args.seed)
     artifact = result.save(args.out)
     header = {"model": model.cfg.model_name, "input": windows.source,
               "window": f"{result.window_index} of {len(windows)}",
-              "components": result.n_components, "relative error": f"{result.relative_error:.4f}"}
+              "components": result.n_components, "relative error": f"{result.relative_error:.4f}",
+              "signed": result.signed,
+              "signed relative error": f"{result.signed_relative_error:.4f}"}
     html = Page("NMF factors", header).add(section(result)).write(args.out / "factors.html")
     print(f"wrote {artifact}, {artifact.with_suffix('.json')} and {html}")
     return 0

@@ -92,19 +92,28 @@ def _dtype(dtype) -> torch.dtype:
     return table[str(dtype)]
 
 
-def load_model(name: str = DEFAULT_MODEL, device: str | None = "auto", dtype=None):
+def load_model(name: str = DEFAULT_MODEL, device: str | None = "auto", dtype=None,
+               processing: bool = False):
     """Load a model by name: an embedded offline model, or a TransformerLens official name.
 
-    ``device="auto"`` picks CUDA when present. Hub models fail fast offline with a
-    ``WorkbenchError`` that lists the offline models.
+    ``device="auto"`` picks CUDA when present. Every model loads WITHOUT TransformerLens' weight
+    processing unless ``processing=True`` (hub models only): hidden states are then HF's.
+    Hub models fail fast offline with a ``WorkbenchError`` that lists the offline models.
     """
     dev = resolve_device(device)
     dt = _dtype(dtype)
     if name in EMBEDDED:
+        if processing:
+            raise WorkbenchError(f"{name} is an embedded model and loads unprocessed only; "
+                                 "weight processing applies to TransformerLens hub names")
         module, func = EMBEDDED[name].loader.split(":")
-        return getattr(importlib.import_module(module), func)(device=dev, dtype=dt)
+        model = getattr(importlib.import_module(module), func)(device=dev, dtype=dt)
+        if not hasattr(model, "workbench_info"):
+            model.workbench_info = {"weight_processing": "none"}
+        return model
     if name in official_names():
-        return load_from_hub(name, device=dev, dtype=dt, offline_models=list(EMBEDDED))
+        return load_from_hub(name, device=dev, dtype=dt, offline_models=list(EMBEDDED),
+                             processing=processing)
     candidates = list(EMBEDDED) + official_names()
     close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.5)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""

@@ -11,6 +11,7 @@ import torch
 from workbench.errors import OfflineError
 
 HUB_URL = "https://huggingface.co"
+PROCESSED = "fold_ln, center_writing_weights, center_unembed, fold_value_biases (TL defaults)"
 
 
 @cache
@@ -63,8 +64,14 @@ def _cached_locally(name: str) -> bool:
         return False
 
 
-def load_from_hub(name: str, device: str, dtype: torch.dtype, offline_models: list[str]):
-    if not _cached_locally(name) and not hub_reachable():
+def load_from_hub(name: str, device: str, dtype: torch.dtype, offline_models: list[str],
+                  processing: bool = False, hf_model=None, tokenizer=None):
+    """A TransformerLens official model. ``processing=False`` (default): no weight processing
+    (no fold_ln, no centring, no folded value biases), so hidden states are HF's
+    ``hidden_states`` and the ``raw`` lens is ecco's raw; ``True``: TL's ``from_pretrained``
+    defaults. The choice is recorded in ``model.workbench_info`` and every artifact's metadata.
+    ``hf_model``/``tokenizer``: an HF model already in memory (built offline), converted as is."""
+    if hf_model is None and not _cached_locally(name) and not hub_reachable():
         raise OfflineError(
             f"model {name!r} must be downloaded from the Hugging Face hub, and no hub is reachable "
             f"from this machine. Offline models: {', '.join(offline_models)} "
@@ -74,6 +81,10 @@ def load_from_hub(name: str, device: str, dtype: torch.dtype, offline_models: li
 
     if _cached_locally(name):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    model = HookedTransformer.from_pretrained(name, device=device, dtype=dtype)
+    given = {} if hf_model is None else {"hf_model": hf_model, "tokenizer": tokenizer}
+    load = HookedTransformer.from_pretrained if processing else \
+        HookedTransformer.from_pretrained_no_processing
+    model = load(name, device=device, dtype=dtype, **given)
     model.eval()
+    model.workbench_info = {"weight_processing": PROCESSED if processing else "none"}
     return model

@@ -140,6 +140,26 @@ def figures(result) -> dict[str, go.Figure]:
     return {"model_view": model_view(result), "neuron_view": neuron_view(result)}
 
 
+def architecture_note(meta: dict) -> str:
+    """What differs from plain multi-head attention (grouped-query keys, sliding windows)."""
+    parts = []
+    n_heads, n_kv = meta.get("n_heads"), meta.get("n_key_value_heads")
+    if n_kv and n_heads and n_kv < n_heads:
+        parts.append(f" Grouped-query attention: {n_heads} query heads share {n_kv} key/value "
+                     f"head{'s' if n_kv > 1 else ''}, so heads of one group read the same keys "
+                     "(the neuron view repeats them per head).")
+    kinds = meta.get("layer_kinds") or []
+    local = [i for i, k in enumerate(kinds) if k != "global"]
+    if local:
+        window = kinds[local[0]].split("window ")[-1].rstrip(")")
+        parts.append(f" Layers {', '.join(map(str, local))} use sliding-window attention (each "
+                     f"query sees its last {window} keys); the others are global.")
+    if meta.get("qk_norm"):
+        parts.append(" Queries and keys are RMS-normalised per head and rotated (RoPE) before "
+                     "their product: the neuron view shows those normalised, rotated vectors.")
+    return html.escape("".join(parts))
+
+
 def section(result) -> Section:
     where = (f"window {result.window_index} of {result.n_windows}" if result.n_windows > 1
              else "the input")
@@ -149,8 +169,9 @@ def section(result) -> Section:
              if result.n_windows > 1 and result.window_index == 0 else "")
     pair = (" Sentence B of the pair is in purple (token type 1)."
             if bool(result.token_type_ids.any()) else "")
+    arch = architecture_note(result.meta)
     note = (f"Attention patterns (<code>blocks.l.attn.hook_pattern</code>) on {html.escape(where)}."
-            f"{first}{cut}{pair} Head view: hover a query token (left) to see where each head "
+            f"{first}{cut}{pair}{arch} Head view: hover a query token (left) to see where each head "
             "attends, a key token (right) to see who attends to it; click a query to pin it. "
             "Neuron view: per-dimension query·key products behind one layer's attention at one "
             "query; their sum, masked and softmaxed, reproduces the pattern.")

@@ -102,6 +102,18 @@ def figures(result) -> dict[str, go.Figure]:
     return {"sparklines": sparklines(result), "layer_loadings": layer_loadings(result)}
 
 
+def signed_note(result) -> str:
+    """What was factorised, in words: clipped (ecco) or both signed halves."""
+    share = f"{100 * result.negative_share:.1f}%"
+    if result.signed == "split":
+        return (f"These activations are signed ({share} of ‖X‖² is in negative entries, as in "
+                "gated MLPs): X is split into its positive and negative parts, X₊ = [max(X,0) | "
+                "max(−X,0)], and both are factorised, so a neuron's loading is negative when a "
+                "factor explains its negative activation.")
+    return (f"Negative activations are clipped at 0 before the factorization, as ecco does "
+            f"(they hold {share} of ‖X‖²), so X₊ = max(X, 0).")
+
+
 def section(result) -> Section:
     where = (f"window {result.window_index} of {result.n_windows}" if result.n_windows > 1
              else "the input")
@@ -113,9 +125,10 @@ def section(result) -> Section:
               else f"layer {result.layers[0]}")
     note = (f"NMF with {result.n_components} components of the MLP activations "
             f"(<code>mlp.hook_post</code>, {layers}, {result.d_mlp} neurons each) on "
-            f"{html.escape(where)}.{first}{cut} Negative activations are clipped at 0 before "
-            "the factorization, as ecco does. Relative reconstruction error "
-            f"‖X − WH‖/‖X‖ = {result.relative_error:.3f} after {result.n_iter} iterations. "
+            f"{html.escape(where)}.{first}{cut} {signed_note(result)} NMF fit "
+            f"‖X₊ − WH‖/‖X₊‖ = {result.relative_error:.3f} after {result.n_iter} iterations; "
+            "against the signed activations X, ‖X − W(H⁺ − H⁻)‖/‖X‖ = "
+            f"{result.signed_relative_error:.3f}. "
             "Hover a token for its strength in every factor.")
     items = [highlighted_html(result), sparklines(result), layer_loadings(result),
              table_html(top_neuron_rows(result))]
