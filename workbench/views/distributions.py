@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 
+import numpy as np
 import plotly.graph_objects as go
 from plotly.colors import sample_colorscale
 
@@ -91,20 +92,46 @@ def pairplot(result, layers=None, n: int | None = None) -> go.Figure:
     return fig
 
 
+def _symlog(x: np.ndarray, t: float) -> np.ndarray:
+    return np.sign(x) * np.log10(1 + np.abs(x) / t)
+
+
 def histograms(result, log: bool = False) -> go.Figure:
-    """One line per layer over the bin centres, early layers dark, late layers light."""
-    edges = result.hist_edges
-    centres = ((edges[1:] + edges[:-1]) / 2).numpy()
+    """One line per layer over the bin centres, early layers dark, late layers light.
+
+    Symmetric-log edges (the default for models like gemma, whose residuals span 1 to 1e5) are
+    drawn on a symmetric-log axis (``sign(x) log10(1 + |x|/T)``, ticks labelled in real values),
+    so the bulk and the tails are both visible; the axis spans the occupied bins only."""
+    edges = result.hist_edges.double().numpy()
+    centres = (edges[1:] + edges[:-1]) / 2
+    widths = np.diff(edges)
+    symlog = bool(widths.max() > 1.5 * widths.min())
+    t = float((result.settings.get("edges") or {}).get("linthresh") or
+              result.settings.get("symlog") or 1.0)
+    x = _symlog(centres, t) if symlog else centres
     n = len(result.labels)
     colors = sample_colorscale(SEQUENTIAL, [i / max(1, n - 1) for i in range(n)])
     fig = go.Figure()
     for v, name in enumerate(result.labels):
         counts = result.hist_counts[v].double()
         y = counts.where(counts > 0, float("nan")).numpy() if log else counts.numpy()
-        fig.add_trace(go.Scatter(x=centres, y=y, mode="lines", name=name,
+        fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name=name, customdata=centres,
+                                 hovertemplate="%{customdata:.4g}: %{y}<extra>" + name
+                                 + "</extra>",
                                  line={"color": colors[v], "width": 1.5}, connectgaps=False))
+    occupied = np.nonzero(result.hist_counts.sum(0).numpy())[0]
+    xaxis: dict = {"title": "activation" + (" (symmetric-log axis)" if symlog else "")}
+    if occupied.size:
+        lo, hi = x[max(0, occupied[0] - 2)], x[min(len(x) - 1, occupied[-1] + 2)]
+        xaxis["range"] = [lo, hi]
+    if symlog:
+        top = int(np.ceil(np.log10(max(abs(edges[0]), abs(edges[-1])))))
+        reals = [0.0] + [s * 10.0**k for k in range(0, top + 1) for s in (1, -1)]
+        reals = sorted(r for r in reals if abs(r) >= t or r == 0)
+        xaxis |= {"tickvals": [float(_symlog(np.array(r), t)) for r in reals],
+                  "ticktext": [f"{r:g}" for r in reals]}
     fig.update_layout(title=f"histograms per layer ({'log' if log else 'linear'} counts)",
-                      xaxis_title="activation", yaxis_title="count", height=400,
+                      xaxis=xaxis, yaxis_title="count", height=400,
                       yaxis_type="log" if log else "linear", margin={"t": 50})
     return fig
 
