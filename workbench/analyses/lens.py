@@ -358,6 +358,7 @@ def analyze(
     meta = artifacts.run_metadata(model, windows, lens_mode=mode, k=k, generate=generate,
                                   watch=None if watch is None else list(watch),
                                   budget_bytes=budget_bytes, batch_size=batch_size)
+    meta["normalization_type"] = str(getattr(model.cfg, "normalization_type", None))
     return LensResult(
         tokens=tokens.cpu(),
         topk_ids=out.topk_ids[:, 0].cpu(),

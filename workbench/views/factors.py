@@ -33,7 +33,7 @@ def highlighted_html(result) -> str:
     f = result.factors.numpy()
     scaled = f / np.maximum(f.max(axis=1, keepdims=True), 1e-30)  # each factor's peak = 1
     span = ('<span title="{title}" style="background:{bg};padding:1px 0;border-radius:2px;'
-            'white-space:pre">{text}</span>')
+            'white-space:pre-wrap">{text}</span>')
 
     def row(label: str, shades: list[tuple[int, float]], label_color: str) -> str:
         cells = []
@@ -44,7 +44,7 @@ def highlighted_html(result) -> str:
                                      text=_visible(result.token_strs[p])))
         return (f'<div class="wb-factor-row" style="margin:3px 0;line-height:1.9">'
                 f'<b style="display:inline-block;width:7em;color:{label_color}">{label}</b>'
-                f'<span style="font-family:monospace">{"".join(cells)}</span></div>')
+                f'<span style="font-family:monospace;overflow-wrap:anywhere">{"".join(cells)}</span></div>')
 
     dominant = scaled.argmax(0)
     rows = [row("dominant", [(int(k), float(scaled[k, p])) for p, k in enumerate(dominant)],

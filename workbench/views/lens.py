@@ -174,10 +174,11 @@ def summary_rows(result) -> list[dict]:
 
 
 NOTE = (
-    "Each row is a lens: the residual stream after that many blocks (<code>emb</code> = token + "
-    "position embedding, the top row = the final residual), projected through {how}. "
+    "Each row is a lens: the residual stream after that many blocks (<code>emb</code> = the "
+    "embedding, before any block; the top row = the final residual), projected through {how}. "
     "Top-k: what each layer would predict after the position. Rankings: the rank (1 = top) of "
-    "the token that actually comes next{gen}; dark = low rank = already predicted. Watch: ranks "
+    "the token that actually comes next{gen}; yellow = rank 1 = already predicted, dark purple = "
+    "far down the vocabulary (log scale). Watch: ranks "
     "of chosen tokens at one position. Agreement: share of positions whose lens argmax equals "
     "the final argmax; KL(final ‖ lens) in nats. Per-position figures show the first window; "
     "the agreement and rank-histogram figures cover all {n} positions of the input."
@@ -192,8 +193,10 @@ WINDOWS_NOTE = (
 
 
 def section(result, position: int | None = None) -> Section:
-    how = ("the final LayerNorm (recomputed on that residual) and the unembedding"
-           if result.mode == "final_ln" else "the unembedding alone (no final LayerNorm, as ecco)")
+    norm = {"RMS": "RMSNorm", "RMSPre": "RMSNorm", "LN": "LayerNorm", "LNPre": "LayerNorm"}.get(
+        str(result.meta.get("normalization_type")), "normalization")
+    how = (f"the final {norm} (recomputed on that residual) and the unembedding"
+           if result.mode == "final_ln" else f"the unembedding alone (no final {norm}, as ecco)")
     gen = "" if result.generated_from is None else " (only generated tokens, as ecco)"
     note = NOTE.format(how=how, gen=gen, n=int(result.dataset["n_positions"]))
     if result.n_windows > 1:
