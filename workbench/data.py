@@ -166,12 +166,17 @@ def tokenize_documents(
     )
 
 
+DEFAULT_MAX_WINDOW = 1024
+
+
 def _defaults(model, window: int | None, stride: int | None, bos: bool | None):
     bos = True if bos is None else bos
     n_special = (2 if getattr(model.tokenizer, "cls_token_id", None) is not None
                  and model.tokenizer.bos_token_id is None else 1) if bos else 0
     limit = model.cfg.n_ctx - n_special
-    window = limit if window is None else window
+    # Default: the context, capped at DEFAULT_MAX_WINDOW so a long-context model (gemma-3-270m:
+    # 8192) does not forward 8k-token windows (attention scores ~1 GiB per layer and batch row).
+    window = min(limit, DEFAULT_MAX_WINDOW - n_special) if window is None else window
     if window > limit:
         raise WorkbenchError(
             f"window {window} (+{n_special} special) exceeds the model's context of "

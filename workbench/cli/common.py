@@ -31,7 +31,7 @@ def add_input_args(p: argparse.ArgumentParser, window: int | None = None,
                      "(name:config when it has configurations)")
     p.add_argument("--field", default="text", help="JSONL / dataset field (default text)")
     p.add_argument("--limit", type=int, default=None, help="at most this many dataset documents")
-    p.add_argument("--window", type=int, default=window, help="tokens per window (default: context)")
+    p.add_argument("--window", type=int, default=window, help="tokens per window (default: the model's context, at most 1024 with the specials)")
     p.add_argument("--stride", type=int, default=None, help="tokens between windows (default window)")
     p.add_argument("--no-bos", dest="bos", action="store_false", default=None,
                    help="do not prepend BOS ([CLS]) to each window")
