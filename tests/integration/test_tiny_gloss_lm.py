@@ -131,3 +131,30 @@ def test_quick_training_is_deterministic(tmp_path):
     assert np.isfinite(meta_a["bigram_val_loss"]["0.01"])
     reloaded = build_model(tmp_path / "a")
     assert reloaded.cfg.d_vocab == 1024
+
+
+def test_per_document_loss_equals_a_loop_over_documents(model):
+    """Batched, padded scoring = one document at a time through TL's own loss; the card's
+    figure is recorded and below the bigram on the same pairs."""
+    from itertools import islice
+
+    from workbench.corpus import gloss_documents
+    from workbench.training.per_document import bigram_loss, document_sequences, model_loss
+
+    docs = list(islice(gloss_documents("validation"), 40))
+    seqs = document_sequences(docs, model.tokenizer, int(model.cfg.n_ctx))
+    assert all(s[0] == 0 and s[-1] == 0 for s in seqs)  # <|endoftext|> before and after
+    total = count = 0.0
+    with torch.inference_mode():
+        for s in seqs:
+            ids = torch.from_numpy(s)[None]
+            total += float(model(ids, return_type="loss")) * (len(s) - 1)
+            count += len(s) - 1
+    assert model_loss(model, seqs, batch_size=7) == pytest.approx(total / count, rel=1e-5)
+    pairs = BigramModel.fit([np.array([0, 5, 6, 0, 5, 7])], 8)
+    # the BOS row is counted like any other: P(5 | 0) = (2 + k) / (2 + 8k)
+    k = 0.01
+    assert bigram_loss(pairs, [np.array([0, 5])], k=k) == pytest.approx(
+        -np.log((2 + k) / (2 + 8 * k)))
+    card = json.loads((MODEL_DIR / "metadata.json").read_text())["per_document"]
+    assert card["documents"] > 2000 and card["model"] < min(card["bigram"].values())

@@ -114,6 +114,30 @@ models of the train split on the same tokenizer, scored on the same (previous, n
 tiny-gloss-lm is **{abs(margin):.2f} nats/token {"below" if margin > 0 else "ABOVE"}** the add-0.01
 bigram (of the k tried, k = {best_k} is best: {bigram[best_k]:.4f}). `tests/integration/test_tiny_gloss_lm.py` recomputes both on a fixed
 slice of the validation split.
+{_per_document(meta)}"""
+
+
+def _per_document(meta: dict) -> str:
+    """The one-document-at-a-time figures (``workbench.training.per_document``), when measured."""
+    p = meta.get("per_document")
+    if not p:
+        return ""
+    rows = "\n".join(f"| add-k bigram, k = {k} | {v:.4f} |" for k, v in p["bigram"].items())
+    best = min(p["bigram"].values())
+    return f"""
+## One document at a time, from BOS (nats/token)
+How a user prompts it: each of {p['documents']:,} validation documents alone, `<|endoftext|>` +
+document + `<|endoftext|>`, no earlier document as context ({p['targets']:,} targets). Same
+bigram counts (its `<|endoftext|>` row gives the first token).
+
+| model | per-document cross-entropy |
+|---|---|
+| **tiny-gloss-lm** | **{p['model']:.4f}** |
+{rows}
+
+{abs(p['margin_vs_best_bigram']):.2f} nats/token {"below" if p['model'] < best else "ABOVE"} the best
+bigram. Without the preceding documents the model loses the context the packed figure above
+gives it; recompute with `python -m workbench.training.per_document`.
 """
 
 
