@@ -31,7 +31,7 @@ run: setup
 	@echo "report: $(OUT)/report.html"
 
 test: setup
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q --doctest-modules workbench tests $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory bench-quick
 
 test-fast: $(STAMP)

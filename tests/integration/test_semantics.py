@@ -61,7 +61,7 @@ def test_pipeline_counts_tests_and_figures(result, tmp_path):
     assert {(t["layer"], t["label"]) for t in result.tests} == {
         (layer, kind) for layer in (0, 1) for kind in ("domain", "pos", "lexname")}
     for t in result.tests:
-        assert 0 < t["p_value"] <= 1 and t["n_permutations"] == 49
+        assert t["n_permutations"] == 49
     domain = next(t for t in result.tests if t["label"] == "domain")
     assert domain["n_items"] == sum(1 for r in table()[:-1] if r["domain"])
     assert result.tsne.shape == (2, 20, 2)
@@ -71,6 +71,55 @@ def test_pipeline_counts_tests_and_figures(result, tmp_path):
     assert any(hover.startswith(w) for w in WORDS)
     path = result.save(tmp_path)
     assert path.name == "semantics.safetensors" and path.exists()
+
+
+def _lemma_vectors(random_tiny, amap, layer: int) -> dict[str, torch.Tensor]:
+    """Each lemma's AMAP vector the naive way: a loop over its seen byte pieces."""
+    means, counts = amap.means(), amap.counts()
+    out = {}
+    for w in WORDS:
+        ids = random_tiny.tokenizer(w, add_special_tokens=False)["input_ids"]
+        seen = [t for t in ids if counts[t] > 0]
+        out[w] = torch.stack([means[layer, t].double() for t in seen]).mean(0)
+    return out
+
+
+def _planted_table(labels: dict[str, str]) -> list[dict]:
+    return [{**r, "lexname": labels.get(r["lemma"], "noun.x0")} for r in table()]
+
+
+def test_a_label_that_predicts_the_amap_gets_a_small_p(random_tiny, amap):
+    """Planted structure: lemmas labelled by which side of the median their own AMAP vector's
+    projection falls; the permutation test must find it at the floor (1/(49+1))."""
+    import numpy as np
+
+    vecs = _lemma_vectors(random_tiny, amap, 1)
+    x = torch.stack(list(vecs.values())).numpy()
+    sd = x.std(0, ddof=1)
+    z = np.where(sd > 0, (x - x.mean(0)) / np.where(sd > 0, sd, 1), 0)  # per unit, as the study
+    pc1 = np.linalg.svd(z, full_matrices=False)[2][0]  # the main axis of variation
+    labels = {w: "noun.hi" if float(row @ pc1) >= 0 else "noun.lo" for w, row in zip(vecs, z)}
+    r = semantics.analyze(random_tiny, amap, table=_planted_table(labels), tsne_points=10,
+                          prefix="", tsne_iterations=250, n_permutations=49, max_lemmas=50,
+                          layers=[1])
+    planted = next(t for t in r.tests if t["label"] == "lexname")
+    assert planted["p_value"] <= 0.04
+
+
+def test_a_random_label_gets_a_uniform_p(random_tiny, amap):
+    """Labels drawn at random, 12 times: p-values spread over (0, 1], not piled near 0."""
+    import random
+
+    ps = []
+    for seed in range(12):
+        rng = random.Random(seed)
+        labels = {w: rng.choice(["noun.a", "noun.b"]) for w in WORDS}
+        r = semantics.analyze(random_tiny, amap, table=_planted_table(labels), tsne_points=10,
+                              prefix="", tsne_iterations=250, n_permutations=49,
+                              max_lemmas=50, layers=[1], seed=seed)
+        ps.append(next(t for t in r.tests if t["label"] == "lexname")["p_value"])
+    assert sum(p <= 0.05 for p in ps) <= 3  # expected 0.6 of 12 under the null
+    assert 0.2 <= sorted(ps)[len(ps) // 2] <= 0.8
 
 
 def test_amap_from_another_model_is_refused(amap):
