@@ -134,9 +134,9 @@ REGISTRY: list[Entry] = [
 
 
 def _skipped_section(name: str, reason: str):
-    from workbench.views.html import Section
-
     import html
+
+    from workbench.views.html import Section
 
     titles = {"amap": "Neuron AMAPs"}
     return Section(titles.get(name, name.capitalize()), [], note=html.escape(reason))

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -59,6 +60,12 @@ def test_merge_export_and_refusals(data, whole):
     assert r.returncode == 0, r.stderr
     r = cli("amap", "merge", whole, data / "b", "--out", data / "ab")
     assert r.returncode == 0, r.stderr
+    from safetensors.numpy import load_file
+
+    parts = [load_file(str(d / "amap.safetensors")) for d in (whole, data / "b", data / "ab")]
+    for key in ("count.input", "count.output", "sum.input"):
+        np.testing.assert_allclose(parts[2][key], parts[0][key] + parts[1][key], rtol=1e-6,
+                                   atol=1e-6)
     r = cli("amap", "export", data / "ab", "--layers", "1", "--tokens", "t", "c", "--parquet",
             data / "ab.parquet")
     assert r.returncode == 0, r.stderr
@@ -68,8 +75,10 @@ def test_merge_export_and_refusals(data, whole):
     # a different build (no positions) cannot be merged in
     r = cli("amap", "build", "--model", "random-tiny", "--file", data / "b.jsonl", "--out",
             data / "c", "--quiet", "--no-html", "--modes", "input,output")
+    assert r.returncode == 0, r.stderr  # the other build itself is fine
     r = cli("amap", "merge", whole, data / "c", "--out", data / "bad")
     assert r.returncode == 2 and "positions" in r.stderr and "Traceback" not in r.stderr
+    assert not (data / "bad").exists()  # refused before anything was written
 
 
 def test_text_shorter_than_a_window_is_a_clear_error(data):

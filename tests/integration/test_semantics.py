@@ -98,7 +98,7 @@ def test_a_label_that_predicts_the_amap_gets_a_small_p(random_tiny, amap):
     sd = x.std(0, ddof=1)
     z = np.where(sd > 0, (x - x.mean(0)) / np.where(sd > 0, sd, 1), 0)  # per unit, as the study
     pc1 = np.linalg.svd(z, full_matrices=False)[2][0]  # the main axis of variation
-    labels = {w: "noun.hi" if float(row @ pc1) >= 0 else "noun.lo" for w, row in zip(vecs, z)}
+    labels = {w: "noun.hi" if float(row @ pc1) >= 0 else "noun.lo" for w, row in zip(vecs, z, strict=True)}
     r = semantics.analyze(random_tiny, amap, table=_planted_table(labels), tsne_points=10,
                           prefix="", tsne_iterations=250, n_permutations=49, max_lemmas=50,
                           layers=[1])

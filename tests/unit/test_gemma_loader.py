@@ -24,7 +24,7 @@ def test_too_little_memory_is_refused_before_anything_is_allocated(monkeypatch, 
     if cached:  # a complete-looking cache: the refusal is for the load, not the conversion
         (folder / "tokenizer").mkdir()
         (folder / "model.safetensors").write_bytes(b"")
-        (folder / "conversion.json").write_text('{"cache_format": %d}' % gemma.CACHE_FORMAT)
+        (folder / "conversion.json").write_text(f'{{"cache_format": {gemma.CACHE_FORMAT}}}')
     before = sorted(p.name for p in tmp_path.rglob("*"))
     with pytest.raises(WorkbenchError, match=r"needs about .* GiB .* only 0\.5 GiB.*bfloat16"):
         load_model("gemma-3-270m", device="cpu")
