@@ -64,18 +64,38 @@ def test_build_matches_transformerlens_cache(random_tiny, windows, result):
     assert unseen.any() and result.means("input")[:, unseen].isnan().all()
 
 
-def test_top_tokens_dead_units_and_contexts(result):
+def test_top_tokens_dead_units_and_contexts(random_tiny, windows, result):
+    """Each read-out against TransformerLens' cache, never against another output of the pass."""
+    acts, inputs, _, _ = reference(random_tiny, windows)  # acts [n, L, d]
+    V = random_tiny.cfg.d_vocab
+    # top tokens of unit 1_0: the per-token means of the cache, sorted
+    unit = acts[:, 1, 0].double()
+    means = {t: float(unit[inputs == t].mean()) for t in inputs.unique().tolist()}
+    want = sorted(means, key=means.get, reverse=True)[:3]
     top = result.top_tokens(layer=1, neuron=0, k=3)
-    assert len(top) == 3 and top[0]["mean"] >= top[1]["mean"] >= top[2]["mean"]
-    assert all(not t["token"].startswith("[POS_") for t in top)
-    assert result.dead_units().shape == (2, 256)
+    assert [t["id"] for t in top] == want
+    for t in top:
+        assert t["mean"] == pytest.approx(means[t["id"]], abs=1e-5)
+        assert t["count"] == int((inputs == t["id"]).sum()) and t["id"] < V
+    # dead units: never above 0 anywhere in the data
+    assert torch.equal(result.dead_units(), acts.amax(0) <= 0)
+    # contexts: the windows with the unit's largest activations, in order, from the cache
     ctx = result.contexts[0]
-    row = result.layers.index(ctx["layer"])
-    best = ctx["windows"][0]
-    # the activation read back at the recorded peak is the recorded window maximum
-    assert best["acts"][best["peak"]] == pytest.approx(best["max"], abs=1e-5)
-    assert best["max"] == pytest.approx(float(result.amap.act_max[row, ctx["neuron"]]), abs=1e-5)
-    assert len(best["tokens"]) == len(best["acts"])
+    layer, neuron = ctx["layer"], ctx["neuron"]
+    per_window = []
+    with torch.inference_mode():
+        for i in range(len(windows)):
+            n = int(windows.mask[i].sum())
+            _, cache = random_tiny.run_with_cache(windows.tokens[i : i + 1, :n])
+            per_window.append(cache[f"blocks.{layer}.mlp.hook_post"][0, :, neuron])
+    peaks = torch.stack([a.max() for a in per_window])
+    order = peaks.argsort(descending=True)[: len(ctx["windows"])].tolist()
+    assert [w["window"] for w in ctx["windows"]] == order
+    for w in ctx["windows"]:
+        a = per_window[w["window"]]
+        assert w["max"] == pytest.approx(float(a.max()), abs=1e-5)
+        assert w["peak"] == int(a.argmax())
+        torch.testing.assert_close(torch.tensor(w["acts"]), a.float(), atol=1e-5, rtol=1e-5)
 
 
 def test_resume_after_interruption_is_byte_identical(random_tiny, windows, tmp_path):
