@@ -46,6 +46,16 @@ def _hash_state(state: dict) -> str:
     return h.hexdigest()[:16]
 
 
+def weight_processing(model) -> str:
+    """What TransformerLens did to the weights: the loader's record, or "folded ..." when the
+    normalization says so (fold_ln turns LN into LNPre, RMS into RMSPre), whoever did it."""
+    recorded = getattr(model, "workbench_info", {}).get("weight_processing", "unknown")
+    norm = str(getattr(model.cfg, "normalization_type", None))
+    if norm.endswith("Pre") and not recorded.startswith(("fold", "folded")):
+        return f"folded ({norm}: fold_ln applied after loading)"
+    return recorded
+
+
 def model_metadata(model) -> dict:
     """The model's identity: name, weights hash, dtype, weight processing, tokenizer, sizes."""
     tok = model.tokenizer
@@ -56,7 +66,7 @@ def model_metadata(model) -> dict:
         "weights_sha256_16": weights_hash(model),
         "dtype": str(first.dtype).removeprefix("torch."),
         "device": str(first.device),
-        "weight_processing": info.get("weight_processing", "unknown"),
+        "weight_processing": weight_processing(model),
         "tokenizer": getattr(tok, "name_or_path", type(tok).__name__),
         "tokenizer_vocab": len(tok) if tok is not None else None,
         "n_layers": model.cfg.n_layers,

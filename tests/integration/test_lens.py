@@ -79,13 +79,32 @@ def test_ranks_equal_argsort_ranks_where_no_tie(result, tl_logits):
     assert torch.equal(result.watch_ranks, argsort_ranks(lens_logits.unsqueeze(2), w))
 
 
-def test_raw_mode_differs_from_final_ln(random_tiny, windows, result):
-    raw = analyze(random_tiny, windows, k=5, mode="raw", progress=False)
-    assert not torch.allclose(raw.topk_probs, result.topk_probs)
-    assert not torch.equal(raw.ranks, result.ranks)
+def _ecco_raw_ranks(model, tokens: torch.Tensor) -> torch.Tensor:
+    """ecco's raw lens from TL's cache: every hidden state @ the model's own W_U + b_U, argsort."""
     with torch.no_grad():
-        ref = random_tiny.unembed(result._stack[:, None])[:, 0]  # no ln_final
-    assert raw.topk_ids.tolist() == ref.topk(5, dim=-1).indices.tolist()
+        _, cache = model.run_with_cache(tokens[None])
+        stack = cache.accumulated_resid(apply_ln=False)[:, 0]  # [L+1, pos, d], no final LN
+        logits = stack @ model.W_U + model.b_U
+    return argsort_ranks(logits[:, :-1], tokens[1:].expand(logits.shape[0], -1))
+
+
+def test_raw_mode_is_eccos_raw_and_processing_is_visible(random_tiny, windows, result):
+    import copy
+
+    raw = analyze(random_tiny, windows, k=5, mode="raw", progress=False)
+    # ranks of ecco's raw projection of HF-style (unprocessed) hidden states, exactly
+    want = _ecco_raw_ranks(random_tiny, raw.tokens)
+    assert torch.equal(raw.ranks, want)
+    assert raw.meta["weight_processing"] == "none"
+    # TL's weight processing keeps the model's function (final_ln lens unchanged) but moves the
+    # final LayerNorm's gain into W_U and centres the residual: its raw lens is not ecco's
+    processed = copy.deepcopy(random_tiny)
+    processed.process_weights_(fold_ln=True, center_writing_weights=True, center_unembed=True)
+    p_final = analyze(processed, windows, k=5, progress=False)
+    p_raw = analyze(processed, windows, k=5, mode="raw", progress=False)
+    assert torch.equal(p_final.topk_ids[-1], result.topk_ids[-1])
+    assert not torch.equal(p_raw.ranks, want)
+    assert p_raw.meta["weight_processing"].startswith("folded")  # recorded, not silent
 
 
 def test_first_and_last_positions(result, tl_logits):
