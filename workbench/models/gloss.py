@@ -60,6 +60,7 @@ def build_model(
         )
     model.to(device, print_details=False)
     model.eval()
+    model.workbench_info = {"weight_processing": "none"}
     return model
 
 

@@ -87,4 +87,5 @@ def load_minilm(device: str = "cpu", dtype: torch.dtype = torch.float32) -> Hook
         raise WorkbenchError(f"minilm conversion left weights unset: {real_missing[:5]}")
     model.to(device)
     model.eval()
+    model.workbench_info = {"weight_processing": "none"}
     return model

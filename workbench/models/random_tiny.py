@@ -79,4 +79,5 @@ def random_tiny(
         warnings.simplefilter("ignore", DeprecationWarning)
         model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=True)
     model.eval()
+    model.workbench_info = {"weight_processing": "none"}
     return model
