@@ -160,3 +160,26 @@ def test_tiny_gloss_lm_matches_seed(tiny_gloss_lm):
     windows = from_text(SENTENCE, tiny_gloss_lm.tokenizer, window=64)
     result = analyze(tiny_gloss_lm, windows, progress=False, sample=200, scatter_points=200)
     check_against_seed(result, seed_flattened(tiny_gloss_lm, windows))
+
+
+def test_whole_builds_of_different_texts_merge_into_one_pass_over_both(random_tiny, tmp_path):
+    """Two whole builds (each numbering its windows from 0) merge: counts, moments and
+    histograms equal one pass over both texts; the sample keeps k distinct items of both."""
+    from workbench.analyses.shards import merge_distributions
+    from workbench.data import load_windows
+
+    texts = ["the cat sat on the mat and then it slept for a long while in the sun",
+             "a completely different sentence about dogs that bark at the moon each night"]
+    opts = {"progress": False, "sample": 50, "scatter_points": 50}
+    for i, text in enumerate(texts):
+        analyze(random_tiny, load_windows(random_tiny, text=text), **opts).save(tmp_path / str(i))
+    merged = merge_distributions([tmp_path / "0", tmp_path / "1"])
+    both = analyze(random_tiny, load_windows(random_tiny, text=texts), **opts)
+    assert torch.equal(merged.n_samples, both.n_samples)
+    assert torch.equal(merged.hist_counts, both.hist_counts)
+    torch.testing.assert_close(merged.covariance, both.covariance, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(merged.r2, both.r2, rtol=1e-9, atol=1e-9)
+    ids = merged.sample_ids
+    assert ids.shape[0] == 50
+    assert set(ids[:, 0].tolist()) == {0, 1}  # windows of both builds, told apart
+    assert len({tuple(r) for r in ids.tolist()}) == 50  # no item twice

@@ -182,3 +182,17 @@ def test_arithmetic_rule_equals_binary_search(lo, span, bins, fp64, seed):
     assert torch.equal(h.counts, expected[:, 1 : bins + 1])
     assert torch.equal(h.under, expected[:, 0]) and torch.equal(h.over, expected[:, bins + 1])
     assert torch.equal(h.nan, expected[:, bins + 2])
+
+
+def test_bottom_k_merge_keeps_equal_keys_of_two_builds_apart():
+    """Two builds offer the same keys for different items: the merge is the k smallest of the
+    multiset (old first on ties), as a sort of the union would give."""
+    g = torch.Generator().manual_seed(1)
+    keys = torch.randperm(40, generator=g)[:12]
+    a, b = BottomK(8, 1, 1), BottomK(8, 1, 1)
+    a.update(keys, torch.zeros(12, 1), torch.zeros(12, 1, dtype=torch.long))
+    b.update(keys.clone(), torch.ones(12, 1), torch.ones(12, 1, dtype=torch.long))
+    a.merge(b)
+    union = sorted([(int(k), 0) for k in keys] + [(int(k), 1) for k in keys])[:8]
+    assert a.keys.tolist() == [k for k, _ in union]
+    assert a.ids[:, 0].tolist() == [src for _, src in union]

@@ -92,6 +92,13 @@ def merged_meta(metas: list[dict], paths: list[str | Path]) -> dict:
     return out
 
 
+def _n_windows(meta: dict) -> int:
+    data = meta.get("data") or {}
+    if isinstance(data, list):  # itself a merge of whole builds
+        return sum(int(d.get("n_windows", 0)) for d in data)
+    return int(data.get("n_windows", 0))
+
+
 def merge_distributions(paths: list[str | Path]):
     """One ``DistributionsResult`` from shard artifacts (files or folders), folded in order."""
     from workbench.analyses.distributions import DistributionsResult, result_from_states
@@ -105,10 +112,16 @@ def merge_distributions(paths: list[str | Path]):
     metas = [{**r.meta, "settings": r.settings} for r in parts]
     order = check_parts(metas, paths)
     merged = None
+    whole_builds = all(m.get("shard") is None for m in metas)
+    offset = 0  # whole builds each number their windows from 0: give the later ones distinct ids
     for j in order:
         st = parts[j].states
         dims = unflat_states(st, "dims")
         sample = unflat_states(st, "sample")
+        if whole_builds:
+            sample["ids"] = sample["ids"].clone()
+            sample["ids"][:, 0] += offset
+            offset += _n_windows(metas[j])
         n_vars, d = dims["mean"].shape
         k = max(int(parts[j].settings.get("sample", 0)), int(parts[j].settings.get("scatter_points", 0)))
         accs = {

@@ -82,15 +82,17 @@ class BottomK:
 
     def update(self, keys: Int[Tensor, " m"], values: Float[Tensor, "m nv"],
                ids: Int[Tensor, "m ni"]) -> BottomK:
-        """Offer items; keys must be unique across everything ever offered."""
+        """Offer items. Keys are unique within one build; an equal key from another build (two
+        whole builds number their windows alike) is a different item: kept after the old one."""
         dev = self.device
         keys, values, ids = self._sorted(keys.to(dev), values.to(dev, torch.float64),
                                          ids.to(dev, torch.int64))
         # Merge two sorted runs: an item's place is its index in its own run plus the number of
-        # smaller keys in the other (keys are unique), so no sort of the union is needed.
+        # keys before it in the other (old first on equal keys), so no sort of the union is needed.
         old, total = self.keys, min(self.k, self.keys.numel() + keys.numel())
         place_old = torch.arange(old.numel(), device=dev) + torch.searchsorted(keys, old)
-        place_new = torch.arange(keys.numel(), device=dev) + torch.searchsorted(old, keys)
+        place_new = torch.arange(keys.numel(), device=dev) + torch.searchsorted(old, keys,
+                                                                                right=True)
         n_old = int((place_old < total).sum())  # a prefix of each run stays
         n_new = total - n_old
         # One gather per state from the two kept prefixes, through the inverse of their places.
@@ -105,8 +107,8 @@ class BottomK:
     @staticmethod
     def _sorted(keys: Tensor, values: Tensor, ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The items in key order (keys are unique, so this is deterministic on any device)."""
-        if keys.numel() > 1 and not bool((keys[1:] > keys[:-1]).all()):
-            keys, order = torch.sort(keys)
+        if keys.numel() > 1 and not bool((keys[1:] >= keys[:-1]).all()):
+            keys, order = torch.sort(keys, stable=True)
             values, ids = values.index_select(0, order), ids.index_select(0, order)
         return keys, values, ids
 
