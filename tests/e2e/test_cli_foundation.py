@@ -4,6 +4,9 @@ import os
 import subprocess
 import sys
 
+import pytest
+import torch
+
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
 
 
@@ -52,3 +55,18 @@ def test_hub_model_without_network_exits_2_fast(tmp_path):
         assert name in r.stderr
     assert seconds < 20, f"took {seconds:.1f} s"
     print(f"gpt2 offline refusal: {seconds:.1f} s")
+
+BAD_DEVICES = ["toaster", "cuda:7"] + ([] if torch.cuda.is_available() else ["cuda"])
+
+
+@pytest.mark.parametrize("flag, device", [("--device", d) for d in BAD_DEVICES]
+                         + [("--sum-device", "toaster")])
+def test_bad_devices_are_one_line_before_anything_runs(tmp_path, flag, device):
+    cmd = ("amap", "build") if flag == "--sum-device" else ("distributions",)
+    out = tmp_path / "out"
+    r = cli(*cmd, "--model", "random-tiny", "--text", "hello there world, once more", flag,
+            device, "--out", str(out))
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert device in r.stderr and "cpu" in r.stderr
+    assert not out.exists()

@@ -97,6 +97,10 @@ def build_main(args) -> int:
     from workbench.views.html import Page
 
     shard = parse_shard(args.shard) if args.shard else None
+    if args.sum_device:
+        from workbench.paths import check_device
+
+        check_device(args.sum_device, "--sum-device")  # before the model loads
     # Under torchrun (WORLD_SIZE > 1) this joins the process group: gloo on CPU, nccl on CUDA.
     ctx = DistContext.from_env(device=resolve_device(args.device))
     try:
