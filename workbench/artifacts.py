@@ -60,7 +60,6 @@ def model_metadata(model) -> dict:
     """The model's identity: name, weights hash, dtype, weight processing, tokenizer, sizes."""
     tok = model.tokenizer
     first = next(model.parameters())
-    info = getattr(model, "workbench_info", {})
     return {
         "model": model.cfg.model_name,
         "weights_sha256_16": weights_hash(model),
