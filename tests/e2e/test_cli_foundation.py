@@ -70,3 +70,14 @@ def test_bad_devices_are_one_line_before_anything_runs(tmp_path, flag, device):
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert device in r.stderr and "cpu" in r.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize("where", ["file", "under-file"])
+def test_out_that_is_a_file_is_refused_before_the_model_loads(tmp_path, where):
+    blocker = tmp_path / "results"
+    blocker.write_text("keep me")
+    out = blocker if where == "file" else blocker / "run"
+    r = cli("run", "--model", "random-tiny", "--text", "hello there world", "--out", str(out))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "is a file" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert blocker.read_text() == "keep me"

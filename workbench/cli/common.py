@@ -40,10 +40,31 @@ def add_input_args(p: argparse.ArgumentParser, window: int | None = None,
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def check_out(out: Path) -> None:
+    """``--out`` must be (or become) a writable folder: found now, not after the analysis ran."""
+    import os
+
+    from workbench.errors import WorkbenchError
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise WorkbenchError(f"--out {out} is a file, not a folder; give a folder path")
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise WorkbenchError(f"--out {out} lies under {probe}, which is a file; give a folder path")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise WorkbenchError(f"--out {out}: {probe} is not writable; choose a folder you can write")
+
+
 def load_inputs(args):
-    """The model and windows named by ``add_input_args`` flags."""
+    """The model and windows named by ``add_input_args`` flags (``--out`` checked first)."""
     from workbench.data import load_windows
     from workbench.models import load_model
+
+    if getattr(args, "out", None) is not None:
+        check_out(args.out)
 
     model = load_model(args.model, device=args.device, dtype=args.dtype,
                        processing=getattr(args, "weight_processing", False))
