@@ -193,7 +193,9 @@ def read_text_file(path: str | Path) -> str:
         raise WorkbenchError(f"{p} is a folder; give a text or .jsonl file")
     data = p.read_bytes()
     try:
-        return data.decode("utf-8")
+        # "utf-8-sig": a leading byte-order mark (Windows editors write one) is not text; the
+        # same rule for .txt and .jsonl.
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise WorkbenchError(
             f"{p} is not valid UTF-8 (byte {exc.start}: {data[exc.start:exc.start + 4]!r}); "
@@ -213,7 +215,12 @@ def read_jsonl(path: str | Path, field: str = "text") -> list[str]:
         if not isinstance(row, dict) or field not in row:
             keys = sorted(row) if isinstance(row, dict) else type(row).__name__
             raise WorkbenchError(f"{path}:{n} has no field {field!r} (has {keys}); use --field")
-        docs.append(str(row[field]))
+        value = row[field]
+        if not isinstance(value, str):
+            raise WorkbenchError(
+                f"{path}:{n}: field {field!r} is {json.dumps(value)[:40]} ({type(value).__name__}), "
+                "not a string; fix that line or choose another field with --field")
+        docs.append(value)
     return docs
 
 
@@ -253,7 +260,12 @@ def dataset_documents(name: str, split: str = "train", field: str = "text",
     for row in ds:
         if field not in row:
             raise WorkbenchError(f"dataset {name!r} has no field {field!r} (has {sorted(row)})")
-        docs.append(str(row[field]))
+        value = row[field]
+        if not isinstance(value, str):
+            raise WorkbenchError(
+                f"{path}:{n}: field {field!r} is {json.dumps(value)[:40]} ({type(value).__name__}), "
+                "not a string; fix that line or choose another field with --field")
+        docs.append(value)
         if limit is not None and len(docs) >= limit:
             break
     return docs, f"hf:{name}:{split}"

@@ -132,3 +132,22 @@ def test_encoder_windows_have_cls_and_sep(minilm):
     w = load_windows(minilm, text="hello world")
     t = w.tokens[0][w.mask[0]].tolist()
     assert t[0] == minilm.tokenizer.cls_token_id and t[-1] == minilm.tokenizer.sep_token_id
+
+
+def test_a_byte_order_mark_is_not_text_in_any_format(tmp_path):
+    from workbench.data import read_jsonl, read_text_file
+
+    (tmp_path / "a.txt").write_bytes(b"\xef\xbb\xbfhello world")
+    (tmp_path / "a.jsonl").write_bytes(b'\xef\xbb\xbf{"text": "hello world"}\n')
+    assert read_text_file(tmp_path / "a.txt") == "hello world"
+    assert read_jsonl(tmp_path / "a.jsonl") == ["hello world"]
+
+
+@pytest.mark.parametrize("value", ["null", "3", "[\"a\"]", "{\"x\": 1}", "true"])
+def test_jsonl_fields_that_are_not_strings_are_refused_with_the_line(tmp_path, value):
+    from workbench.data import read_jsonl
+    from workbench.errors import WorkbenchError
+
+    (tmp_path / "a.jsonl").write_text('{"text": "fine"}\n' + '{"text": %s}\n' % value)
+    with pytest.raises(WorkbenchError, match=r"a\.jsonl:2: field 'text' is .* not a string"):
+        read_jsonl(tmp_path / "a.jsonl")
