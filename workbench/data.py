@@ -257,14 +257,14 @@ def dataset_documents(name: str, split: str = "train", field: str = "text",
             ) from None
         raise WorkbenchError(f"could not load dataset {name!r}: {exc}") from exc
     docs = []
-    for row in ds:
+    for n, row in enumerate(ds):
         if field not in row:
             raise WorkbenchError(f"dataset {name!r} has no field {field!r} (has {sorted(row)})")
         value = row[field]
         if not isinstance(value, str):
             raise WorkbenchError(
-                f"{path}:{n}: field {field!r} is {json.dumps(value)[:40]} ({type(value).__name__}), "
-                "not a string; fix that line or choose another field with --field")
+                f"dataset {name!r} row {n}: field {field!r} is a {type(value).__name__}, not a "
+                "string; choose a text field with --field")
         docs.append(value)
         if limit is not None and len(docs) >= limit:
             break

@@ -148,6 +148,6 @@ def test_jsonl_fields_that_are_not_strings_are_refused_with_the_line(tmp_path, v
     from workbench.data import read_jsonl
     from workbench.errors import WorkbenchError
 
-    (tmp_path / "a.jsonl").write_text('{"text": "fine"}\n' + '{"text": %s}\n' % value)
+    (tmp_path / "a.jsonl").write_text('{"text": "fine"}\n' + f'{{"text": {value}}}\n')
     with pytest.raises(WorkbenchError, match=r"a\.jsonl:2: field 'text' is .* not a string"):
         read_jsonl(tmp_path / "a.jsonl")
