@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from workbench.cli.common import add_input_args
+from workbench.cli.common import add_input_args, nonneg_int, positive_int
 
 
 def _csv_ints(text: str) -> list[int]:
@@ -31,10 +31,10 @@ def register(sub) -> None:
     b.add_argument("--layers", type=_csv_ints, default=None, help="e.g. 0,1 (default: all)")
     b.add_argument("--sum-dtype", default="float32", choices=["float16", "float32", "float64"])
     b.add_argument("--sum-device", default=None, help="device for the sums (e.g. cpu)")
-    b.add_argument("--top-k", type=int, default=8, help="max-activating windows kept per unit")
-    b.add_argument("--context-units", type=int, default=2,
+    b.add_argument("--top-k", type=positive_int, default=8, help="max-activating windows kept per unit")
+    b.add_argument("--context-units", type=nonneg_int, default=2,
                    help="units per layer whose contexts are written to amap_contexts.json")
-    b.add_argument("--checkpoint-every", type=int, default=50, help="batches between checkpoints")
+    b.add_argument("--checkpoint-every", type=positive_int, default=50, help="batches between checkpoints")
     b.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
     b.add_argument("--shard", default=None, metavar="I/N",
                    help="build only the I-th of N slices of the windows (a job-array task, "
@@ -58,7 +58,7 @@ def register(sub) -> None:
     e.add_argument("--layers", type=_csv_ints, default=None, help="layers (default: all)")
     e.add_argument("--tokens", nargs="+", default=None, metavar="TOKEN",
                    help="token texts (exactly as decoded) or ids; default: all tokens")
-    e.add_argument("--top", type=int, default=None, help="only the N most frequent input tokens")
+    e.add_argument("--top", type=positive_int, default=None, help="only the N most frequent input tokens")
     e.set_defaults(func=export_main)
 
     c = cmds.add_parser("contexts", help="max-activating windows of chosen units, token by token",
@@ -69,19 +69,19 @@ def register(sub) -> None:
     c.add_argument("amap", type=Path, help="an AMAP folder")
     c.add_argument("--unit", action="append", required=True, metavar="L_N",
                    help="unit LAYER_NEURON, e.g. 1_17 (repeat, or 1_17,0_3)")
-    c.add_argument("--top", type=int, default=None, help="windows per unit (default: all kept)")
+    c.add_argument("--top", type=positive_int, default=None, help="windows per unit (default: all kept)")
     c.add_argument("--json", type=Path, default=None, metavar="OUT",
                    help="also write the contexts as JSON (amap_contexts.json's layout)")
     c.add_argument("--model", default=None, help="default: the model named in the metadata")
     c.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
     c.add_argument("--dtype", default=None, help="the build's --dtype, if it gave one")
-    c.add_argument("--batch-size", type=int, default=32, help="windows per forward pass")
+    c.add_argument("--batch-size", type=positive_int, default=32, help="windows per forward pass")
     src = c.add_mutually_exclusive_group()
     src.add_argument("--text", help="the build's --text (not stored in the AMAP)")
     src.add_argument("--file", type=Path, help="the build's --file (only its name is stored)")
     src.add_argument("--dataset", help="the build's --dataset (default: from the metadata)")
     c.add_argument("--field", default=None, help="the build's --field")
-    c.add_argument("--limit", type=int, default=None,
+    c.add_argument("--limit", type=positive_int, default=None,
                    help="the build's --limit (default: the documents the build read)")
     c.set_defaults(func=contexts_main)
 

@@ -8,6 +8,28 @@ from pathlib import Path
 from workbench.models import DEFAULT_MODEL
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be 1 or more")
+    return value
+
+
+def nonneg_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
+    return value
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"model name (default {DEFAULT_MODEL})")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1")
@@ -30,12 +52,12 @@ def add_input_args(p: argparse.ArgumentParser, window: int | None = None,
     src.add_argument("--dataset", help="wordnet-glosses (offline) or an HF datasets name "
                      "(name:config when it has configurations)")
     p.add_argument("--field", default="text", help="JSONL / dataset field (default text)")
-    p.add_argument("--limit", type=int, default=None, help="at most this many dataset documents")
-    p.add_argument("--window", type=int, default=window, help="tokens per window (default: the model's context, at most 1024 with the specials)")
-    p.add_argument("--stride", type=int, default=None, help="tokens between windows (default window)")
+    p.add_argument("--limit", type=positive_int, default=None, help="at most this many dataset documents")
+    p.add_argument("--window", type=positive_int, default=window, help="tokens per window (default: the model's context, at most 1024 with the specials)")
+    p.add_argument("--stride", type=positive_int, default=None, help="tokens between windows (default window)")
     p.add_argument("--no-bos", dest="bos", action="store_false", default=None,
                    help="do not prepend BOS ([CLS]) to each window")
-    p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="windows per forward pass (default 8)")
     p.add_argument("--out", type=Path, default=Path("out"), help="output folder (default out/)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 

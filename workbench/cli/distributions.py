@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from workbench.cli.common import add_input_args, load_inputs
+from workbench.cli.common import add_input_args, load_inputs, positive_int
 
 
 def _layer(text: str) -> int | str:
@@ -37,7 +37,7 @@ def register(sub) -> None:
                    "numbered from 0); fold the parts with `workbench distributions merge`")
     p.add_argument("--keep-first", dest="skip_first", action="store_false",
                    help="keep position 0 of each window (excluded by default, as in the seed)")
-    p.add_argument("--bins", type=int, default=300, help="histogram bins (default 300)")
+    p.add_argument("--bins", type=positive_int, default=300, help="histogram bins (default 300)")
     p.add_argument("--range", dest="value_range", type=float, nargs=2, default=None,
                    metavar=("LO", "HI"),
                    help="histogram range (default: sized to the model; the seed's -15 15 where "

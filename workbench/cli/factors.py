@@ -3,7 +3,7 @@ factors.json, factors.html in ``--out``."""
 
 from __future__ import annotations
 
-from workbench.cli.common import add_input_args
+from workbench.cli.common import add_input_args, positive_int
 from workbench.errors import WorkbenchError
 
 
@@ -28,7 +28,7 @@ def register(sub) -> None:
         "with NMF: factor strengths over tokens and the neurons, by layer, behind each factor.",
     )
     add_input_args(p)
-    p.add_argument("--components", type=int, default=8, help="number of factors (default 8)")
+    p.add_argument("--components", type=positive_int, default=8, help="number of factors (default 8)")
     p.add_argument("--signed", choices=["auto", "clip", "split"], default="auto",
                    help="negative activations: clip at 0 (ecco), split into +/- halves "
                    "(both factorised), or auto: split for gated MLPs (default auto)")

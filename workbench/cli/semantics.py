@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from workbench.cli.common import positive_int
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -24,7 +26,7 @@ def register(sub) -> None:
     p.add_argument("--max-lemmas", type=int, default=3000, help="lemmas per test (default 3000)")
     p.add_argument("--tsne-points", type=int, default=1500, help="points per t-SNE (default 1500)")
     p.add_argument("--permutations", type=int, default=1000, help="label shufflings (default 1000)")
-    p.add_argument("--top", type=int, default=5, help="labels coloured in the t-SNE (default 5)")
+    p.add_argument("--top", type=positive_int, default=5, help="labels coloured in the t-SNE (default 5)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="output folder (default: --amap)")
     p.set_defaults(func=main)
