@@ -183,3 +183,20 @@ def test_whole_builds_of_different_texts_merge_into_one_pass_over_both(random_ti
     assert ids.shape[0] == 50
     assert set(ids[:, 0].tolist()) == {0, 1}  # windows of both builds, told apart
     assert len({tuple(r) for r in ids.tolist()}) == 50  # no item twice
+
+
+def test_symlog_edges_are_drawn_on_a_symlog_axis(random_tiny):
+    """Non-uniform (symlog) edges: the histogram's x axis is sign(x) log10(1 + |x|/T) with ticks
+    labelled in real values, and each point still sits at its bin centre's transform."""
+    from workbench.data import load_windows
+    from workbench.views.distributions import histograms
+
+    r = analyze(random_tiny, load_windows(random_tiny, text="the cat sat on the mat, twice over"),
+                progress=False, value_range=(-100.0, 100.0), symlog=1.0, sample=10,
+                scatter_points=10)
+    fig = histograms(r, log=True)
+    ticks = dict(zip(fig.layout.xaxis.ticktext, fig.layout.xaxis.tickvals, strict=True))
+    assert ticks["0"] == 0.0 and ticks["10"] == pytest.approx(np.log10(11))
+    assert ticks["-100"] == pytest.approx(-np.log10(101))
+    centres = ((r.hist_edges[1:] + r.hist_edges[:-1]) / 2).numpy()
+    np.testing.assert_allclose(fig.data[0].x, np.sign(centres) * np.log10(1 + np.abs(centres)))

@@ -87,6 +87,10 @@ def load_inputs(args):
 
     if getattr(args, "out", None) is not None:
         check_out(args.out)
+    if getattr(args, "quiet", False):
+        import os
+
+        os.environ["WORKBENCH_QUIET"] = "1"  # the loaders' first-load messages too
 
     model = load_model(args.model, device=args.device, dtype=args.dtype,
                        processing=getattr(args, "weight_processing", False))

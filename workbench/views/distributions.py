@@ -93,7 +93,9 @@ def pairplot(result, layers=None, n: int | None = None) -> go.Figure:
 
 
 def _symlog(x: np.ndarray, t: float) -> np.ndarray:
-    return np.sign(x) * np.log10(1 + np.abs(x) / t)
+    """``sign(x) log10(1 + |x| / t)``, elementwise (always an array, also for one value)."""
+    x = np.asarray(x, dtype=np.float64)
+    return np.asarray(np.sign(x) * np.log10(1 + np.abs(x) / t))
 
 
 def histograms(result, log: bool = False) -> go.Figure:
@@ -128,7 +130,7 @@ def histograms(result, log: bool = False) -> go.Figure:
         top = int(np.ceil(np.log10(max(abs(edges[0]), abs(edges[-1])))))
         reals = [0.0] + [s * 10.0**k for k in range(0, top + 1) for s in (1, -1)]
         reals = sorted(r for r in reals if abs(r) >= t or r == 0)
-        xaxis |= {"tickvals": [float(_symlog(np.array(r), t)) for r in reals],
+        xaxis |= {"tickvals": _symlog(np.array(reals), t).tolist(),
                   "ticktext": [f"{r:g}" for r in reals]}
     fig.update_layout(title=f"histograms per layer ({'log' if log else 'linear'} counts)",
                       xaxis=xaxis, yaxis_title="count", height=400,
