@@ -14,7 +14,7 @@ import platform
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, save_file
 
 from workbench.errors import WorkbenchError
 
@@ -113,17 +113,156 @@ def save(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict | None =
     return path
 
 
-def load(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """The tensors and metadata of an artifact written by ``save``."""
-    path = Path(path)
+MAX_HEADER_BYTES = 100 * 2**20  # safetensors' own cap on the JSON header
+SAFETENSORS_DTYPES = {"BOOL", "U8", "I8", "I16", "U16", "I32", "U32", "I64", "U64", "F16", "BF16",
+                      "F32", "F64", "F8_E4M3", "F8_E5M2"}
+_REBUILD = "rebuild it with the command that wrote it, or copy it again"
+
+
+class DamagedArtifact(WorkbenchError):
+    """A file the workbench reads is not what it should be: its one line names the file, what is
+    wrong and what to do."""
+
+
+def damaged(path, what: str, todo: str = _REBUILD) -> DamagedArtifact:
+    return DamagedArtifact(f"{path}: {what}; {todo}")
+
+
+def _regular_file(path: Path) -> int:
+    """The size of ``path`` after checking that it is a regular file (not /dev/zero, a fifo...)."""
+    import stat
+
     if path.is_dir():
         raise WorkbenchError(f"{path} is a folder; give the .safetensors file inside it")
     if not path.exists():
+        if path.is_symlink():
+            raise damaged(path, "is a symbolic link to nothing", "point it at an artifact")
         raise WorkbenchError(f"artifact not found: {path}")
-    tensors = load_file(str(path))
-    with safe_open(str(path), framework="pt") as f:
-        meta = json.loads((f.metadata() or {}).get("workbench", "{}"))
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise damaged(path, f"cannot be read ({exc.strerror})", "check its permissions") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise damaged(path, "is not a regular file (a device, pipe or a link to one)",
+                      "give the artifact file itself")
+    return st.st_size
+
+
+def read_header(path: str | Path, todo: str = _REBUILD) -> dict:
+    """The JSON header of a safetensors file, after checking that the file is one and is whole:
+    nothing is unpickled, and a truncated, empty, random or pickled file is refused in one line."""
+    path = Path(path)
+    size = _regular_file(path)
+    if size == 0:
+        raise damaged(path, "is empty (0 bytes; an interrupted write or copy?)", todo)
+    try:
+        with path.open("rb") as f:
+            head = f.read(8)
+            if head[:1] == b"\x80" or head[:2] == b"PK":
+                raise damaged(path, "is a pickle or torch.save file, not safetensors (the "
+                              "workbench never unpickles)", "give an artifact the workbench wrote")
+            if len(head) < 8:
+                raise damaged(path, f"is truncated ({size} bytes, shorter than any safetensors file)", todo)
+            n = int.from_bytes(head, "little")
+            if n < 2 or n > MAX_HEADER_BYTES or n > size - 8:
+                raise damaged(path, f"is not a safetensors file or is truncated (its header "
+                              f"claims {n:,} bytes; the file has {size:,})", todo)
+            raw = f.read(n)
+    except OSError as exc:
+        raise damaged(path, f"cannot be read ({exc.strerror})", "check the file") from None
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise damaged(path, "is not a safetensors file (its header is not JSON)", todo) from None
+    if not isinstance(header, dict):
+        raise damaged(path, "is not a safetensors file (its header is not a JSON object)", todo)
+    end = 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        ok = (isinstance(entry, dict) and entry.get("dtype") in SAFETENSORS_DTYPES
+              and isinstance(entry.get("shape"), list)
+              and all(isinstance(d, int) and d >= 0 for d in entry["shape"])
+              and isinstance(entry.get("data_offsets"), list) and len(entry["data_offsets"]) == 2
+              and all(isinstance(o, int) and o >= 0 for o in entry["data_offsets"]))
+        if not ok:
+            raise damaged(path, f"has a damaged header entry for tensor {name!r}", todo)
+        end = max(end, entry["data_offsets"][1])
+    if size < 8 + n + end:
+        raise damaged(path, f"is truncated ({size:,} bytes; its header needs {8 + n + end:,})", todo)
+    return header
+
+
+def load(path: str | Path, todo: str = _REBUILD) -> tuple[dict[str, torch.Tensor], dict]:
+    """The tensors and metadata of an artifact written by ``save``; any damage (truncation,
+    random bytes, a pickle, a device file, metadata that is not JSON) is a ``DamagedArtifact``."""
+    path = Path(path)
+    header = read_header(path, todo)
+    try:
+        tensors = load_file(str(path))
+    except Exception as exc:  # SafetensorError and friends: the file is not what its header says
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise damaged(path, f"cannot be read as safetensors ({first})", todo) from None
+    raw = (header.get("__metadata__") or {}).get("workbench", "{}")
+    try:
+        meta = json.loads(raw)
+    except (TypeError, json.JSONDecodeError):
+        raise damaged(path, "holds workbench metadata that is not JSON (edited by hand?)", todo) from None
+    if not isinstance(meta, dict):
+        raise damaged(path, "holds workbench metadata that is not a JSON object (edited by hand?)", todo)
     return tensors, meta
+
+
+def read_json(path: str | Path, what: str = "file"):
+    """A JSON file the workbench wrote, or a ``DamagedArtifact`` saying why it cannot be read."""
+    path = Path(path)
+    _regular_file(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise damaged(path, f"is not a valid JSON {what} ({type(exc).__name__}: "
+                      f"{str(exc).splitlines()[0]})") from None
+    except OSError as exc:
+        raise damaged(path, f"cannot be read ({exc.strerror})", "check the file") from None
+
+
+class Fields:
+    """Checked reads of an artifact's metadata: a missing key or a value of the wrong type or
+    range is a ``DamagedArtifact`` naming the file and the key, never a KeyError/TypeError."""
+
+    def __init__(self, meta: dict, path, prefix: str = "", todo: str = _REBUILD):
+        self.meta, self.path, self.prefix, self.todo = meta, path, prefix, todo
+
+    def _fail(self, key: str, what: str) -> DamagedArtifact:
+        return damaged(self.path, f"metadata {self.prefix}{key!r} {what} (edited by hand?)",
+                       self.todo)
+
+    def get(self, key: str, kind, default=...):
+        if key not in self.meta:
+            if default is not ...:
+                return default
+            raise self._fail(key, "is missing")
+        value = self.meta[key]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            names = " or ".join(k.__name__ for k in kinds)
+            raise self._fail(key, f"is {type(value).__name__} {str(value)[:40]!r}, not {names}")
+        return value
+
+    def int(self, key: str, low: int | None = 0, high: int | None = None, default=...) -> int:
+        value = self.get(key, int, default)
+        if value is default:
+            return value
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise self._fail(key, f"is {value}, outside {low}..{'' if high is None else high}")
+        return value
+
+    def section(self, key: str) -> Fields:
+        return Fields(self.get(key, dict), self.path, f"{self.prefix}{key}.", self.todo)
+
+    def require(self, ok: bool, what: str) -> None:
+        if not ok:
+            raise damaged(self.path, f"{what} (edited by hand?)", self.todo)
 
 
 def write_json(path: str | Path, obj) -> Path:

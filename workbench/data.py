@@ -132,16 +132,25 @@ def tokenize_documents(
         raise WorkbenchError(
             f"stride {stride} > window {window} would skip tokens; use stride <= window"
         )
+    digest = hashlib.sha256()
+    id_lists = []
+    for doc, ids in _encode_chunked(documents, tokenizer):
+        digest.update(doc.encode("utf-8") + b"\x00")
+        id_lists.append(ids)
+    return cut_windows(id_lists, tokenizer, window, stride, bos, source,
+                       sha256 or digest.hexdigest())
+
+
+def cut_windows(id_lists: Sequence[Sequence[int]], tokenizer, window: int, stride: int,
+                bos: bool, source: str, sha256: str) -> Windows:
+    """Windows of already tokenized documents (the rules of the module docstring)."""
     head, tail = _special_ids(tokenizer, bos)
     width = len(head) + window + len(tail)
     rows: list[list[int]] = []
     doc_ids: list[int] = []
     starts: list[int] = []
-    digest = hashlib.sha256()
-    n_docs = 0
-    for d, (doc, ids) in enumerate(_encode_chunked(documents, tokenizer)):
-        digest.update(doc.encode("utf-8") + b"\x00")
-        n_docs += 1
+    for d, ids in enumerate(id_lists):
+        ids = list(ids)
         if not ids:
             continue
         s = 0
@@ -162,8 +171,27 @@ def tokenize_documents(
         mask[i, : len(r)] = True
     return Windows(
         tokens, mask, torch.tensor(doc_ids), torch.tensor(starts), window, stride, bos, pad,
-        source, sha256 or digest.hexdigest(), n_docs,
+        source, sha256, len(id_lists),
     )
+
+
+def rewindow(windows: Windows, tokenizer, window: int, stride: int | None = None,
+             bos: bool | None = None) -> Windows:
+    """The same documents cut into other windows, from the token ids ``windows`` already hold
+    (no source text needed): each document's ids are read back from its windows' text positions."""
+    bos = windows.bos if bos is None else bos
+    head, tail = _special_ids(tokenizer, windows.bos)
+    docs: list[dict[int, int]] = [{} for _ in range(windows.n_documents)]
+    lengths = windows.mask.sum(1)
+    for row in range(len(windows)):
+        ids = windows.tokens[row, len(head) : int(lengths[row]) - len(tail)].tolist()
+        start = int(windows.starts[row])
+        docs[int(windows.doc_ids[row])].update({start + j: t for j, t in enumerate(ids)})
+    id_lists = [[d[j] for j in range(len(d))] for d in docs]
+    out = cut_windows(id_lists, tokenizer, window, stride or window, bos, windows.source,
+                      windows.sha256)
+    out.extra = dict(windows.extra)
+    return out
 
 
 DEFAULT_MAX_WINDOW = 1024
@@ -201,6 +229,12 @@ def read_text_file(path: str | Path) -> str:
             f"{p} is not valid UTF-8 (byte {exc.start}: {data[exc.start:exc.start + 4]!r}); "
             "convert it, e.g. `iconv -f latin1 -t utf-8 in.txt > out.txt`"
         ) from None
+
+
+def read_file_documents(path: str | Path, field: str = "text") -> list[str]:
+    """The documents of a file: a .jsonl holds one per line (its ``field``), any other file one."""
+    p = Path(path)
+    return read_jsonl(p, field) if p.suffix == ".jsonl" else [read_text_file(p)]
 
 
 def read_jsonl(path: str | Path, field: str = "text") -> list[str]:
@@ -295,7 +329,7 @@ def load_windows(
         source = "text"
     elif file is not None:
         p = Path(file)
-        docs = read_jsonl(p, field) if p.suffix == ".jsonl" else [read_text_file(p)]
+        docs = read_file_documents(p, field)
         source = f"file:{p.name}"
     else:
         docs, source = dataset_documents(dataset, field=field, limit=limit)
@@ -378,7 +412,7 @@ def from_file(path: str | Path, tokenizer, window: int = 128, stride: int | None
               bos: bool = True, field: str = "text") -> Windows:
     """Windows of a text file (one document) or a JSONL file (one document per line)."""
     p = Path(path)
-    docs = read_jsonl(p, field) if p.suffix == ".jsonl" else [read_text_file(p)]
+    docs = read_file_documents(p, field)
     windows = tokenize_documents(docs, tokenizer, window, stride or window, bos, f"file:{p.name}")
     windows.extra["file_sha256"] = file_sha256(p)
     return windows

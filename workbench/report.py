@@ -58,15 +58,14 @@ def _factors_options(model, windows: Windows) -> dict:
 
 def _amap_windows(model, windows: Windows, source: dict | None) -> Windows:
     """SYSIF's windows: 15 tokens, stride 15 (shorter when the whole text is shorter), so that
-    a paragraph still gives full windows; AMAP counts only full windows."""
-    if source is None:
-        return windows
-    from workbench.data import load_windows
+    a paragraph still gives full windows; AMAP counts only full windows. Cut from the run's own
+    token ids (the same ids a second tokenization of ``source`` would give)."""
+    from workbench.data import rewindow
 
     n_special = int(windows.tokens.shape[1]) - windows.window
     longest = int((windows.mask.sum(1) - n_special).max())
     size = max(1, min(AMAP_WINDOW, longest))
-    return load_windows(model, window=size, stride=size, **source)
+    return rewindow(windows, model.tokenizer, size, size)
 
 
 def _amap_skip(model, options: dict) -> str | None:
@@ -156,8 +155,9 @@ def run_all(model, windows: Windows, out_dir: str | Path, *, batch_size: int = 8
             source: dict | None = None) -> dict:
     """Run every built analysis, write artifacts, ``report.html`` and ``summary.json``.
 
-    ``source``: the ``load_windows`` keywords of the input (``text=``/``file=``/``dataset=``…),
-    for analyses that window the text their own way (AMAP: SYSIF's 15-token windows).
+    ``source``: the ``load_windows`` keywords of the input, recorded in nothing and no longer
+    needed (analyses that window the text their own way, the AMAP's 15-token windows, cut them
+    from the token ids of ``windows``); kept so that older calls still work.
     """
     from tqdm.auto import tqdm
 

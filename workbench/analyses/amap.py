@@ -14,7 +14,6 @@ are stored; an unseen key has count 0 and mean NaN. SYSIF's defaults: window 15,
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -132,19 +131,83 @@ def load(path: str | Path) -> AmapResult:
     tensors, meta = artifacts.load(file)
     if "amap" not in meta:
         raise WorkbenchError(f"{file} is not an AMAP artifact (no 'amap' metadata)")
-    info = meta["amap"]
-    amap = Amap.from_state(tensors, info["n_positions"])
+    amap, top, layers, info = _checked(file, tensors, meta)
+    ctx_file = file.parent / CONTEXTS
+    contexts = _checked_contexts(ctx_file, layers, amap.d_mlp) if ctx_file.exists() else []
+    result = AmapResult(amap, top, layers, info["key_strs"], info["n_windows"], meta,
+                        contexts=contexts)
+    result.invariants = amap.invariants(result.n_windows)
+    broken = [k for k, ok in result.invariants.items() if not ok]
+    if broken:
+        raise artifacts.damaged(file, f"its counts break the AMAP invariants {broken} (edited by "
+                                "hand, or n_windows / n_positions changed?)")
+    return result
+
+
+def _checked(file: Path, tensors: dict, meta: dict):
+    """The accumulators of an AMAP artifact after checking its metadata against its tensors."""
+    f = artifacts.Fields(meta, file)
+    a = f.section("amap")
+    n_pos = a.int("n_positions")
+    n_windows = a.int("n_windows")
+    key_strs = a.get("key_strs", list)
+    a.require(all(isinstance(k, str) for k in key_strs), "metadata 'amap.key_strs' holds non-text")
+    n_layers_model = f.int("n_layers", 1)
+    modes = [m for m in ("input", "output") if f"sum.{m}" in tensors]
+    f.require(bool(modes), "holds no sum.input / sum.output tensor")
+    s = tensors[f"sum.{modes[0]}"]
+    f.require(s.ndim == 3, f"tensor sum.{modes[0]} is {tuple(s.shape)}, not [layer, key, mlp]")
+    n_keys = s.shape[1]
+    a.require(len(key_strs) == n_keys, f"metadata 'amap.key_strs' has {len(key_strs)} labels for "
+              f"{n_keys} keys")
+    d_vocab = f.int("d_vocab", 1)
+    a.require(n_keys == d_vocab + n_pos, f"metadata 'amap.n_positions' {n_pos} and 'd_vocab' "
+              f"{d_vocab} do not add up to the tensors' {n_keys} keys")
+    layers_t = tensors.get("layers")
+    f.require(layers_t is not None and layers_t.ndim == 1 and layers_t.dtype == torch.long
+              and len(layers_t) == s.shape[0], "tensor 'layers' is missing or does not match "
+              "the sums' layers")
+    layers = layers_t.tolist()
+    f.require(layers == sorted(set(layers)) and all(0 <= x < n_layers_model for x in layers),
+              f"tensor 'layers' {layers} is not increasing within 0..{n_layers_model - 1}")
+    try:
+        amap = Amap.from_state(tensors, n_pos)
+    except WorkbenchError as exc:
+        raise artifacts.damaged(file, f"its tensors do not fit together ({exc})") from None
+    for m in modes:
+        f.require(bool((amap.counts[m] >= 0).all()), f"count.{m} holds negative counts")
     top = None
     if "top.values" in tensors:
         v = tensors["top.values"]
-        top = TopWindows(v.shape[0], v.shape[1], v.shape[2]).load_state_dict(
-            {k: tensors[f"top.{k}"] for k in ("values", "windows", "positions")})
-    ctx_file = file.parent / CONTEXTS
-    contexts = json.loads(ctx_file.read_text()) if ctx_file.exists() else []
-    result = AmapResult(amap, top, tensors["layers"].tolist(), info["key_strs"], info["n_windows"],
-                        meta, contexts=contexts)
-    result.invariants = amap.invariants(result.n_windows)
-    return result
+        f.require(v.ndim == 3 and tuple(v.shape[:2]) == (len(layers), amap.d_mlp),
+                  f"tensor top.values is {tuple(v.shape)}, not [layer, mlp, k]")
+        try:
+            top = TopWindows(v.shape[0], v.shape[1], v.shape[2]).load_state_dict(
+                {k: tensors[f"top.{k}"] for k in ("values", "windows", "positions")})
+        except (KeyError, WorkbenchError) as exc:
+            raise artifacts.damaged(file, f"its top.* tensors do not fit together ({exc})") from None
+    return amap, top, layers, {"key_strs": key_strs, "n_windows": n_windows}
+
+
+def _checked_contexts(path: Path, layers: list[int], d_mlp: int) -> list[dict]:
+    contexts = artifacts.read_json(path, "list of AMAP contexts")
+    def window_ok(w) -> bool:
+        return (isinstance(w, dict) and isinstance(w.get("tokens"), list)
+                and isinstance(w.get("acts"), list) and len(w["tokens"]) == len(w["acts"])
+                and all(isinstance(t, str) for t in w["tokens"])
+                and all(isinstance(a, (int, float)) for a in w["acts"])
+                and all(isinstance(w.get(k), int) for k in ("window", "doc", "start", "peak"))
+                and isinstance(w.get("max"), (int, float)))
+
+    ok = isinstance(contexts, list) and all(
+        isinstance(c, dict) and c.get("layer") in layers and isinstance(c.get("neuron"), int)
+        and 0 <= c["neuron"] < d_mlp and isinstance(c.get("windows"), list)
+        and all(window_ok(w) for w in c["windows"]) for c in contexts)
+    if not ok:
+        raise artifacts.damaged(path, "does not hold the AMAP's contexts (a list of units of "
+                                "its layers, each with windows)", "rebuild the AMAP, or delete "
+                                "the file to load the AMAP without contexts")
+    return contexts
 
 
 def key_labels(tokenizer, d_vocab: int, n_positions: int) -> list[str]:
@@ -256,9 +319,13 @@ def analyze(
                 f"{checkpoint_dir} holds a partial build ({ckpt.TENSORS}); pass --resume to "
                 f"continue it, or delete {Path(checkpoint_dir) / ckpt.TENSORS} to start over"
             )
-        state, info = ckpt.load(checkpoint_dir, fp, batch_size)
-        amap.load_state_dict({k: v for k, v in state.items() if not k.startswith("top.")})
-        top.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("top.")})
+        state, info = ckpt.load(checkpoint_dir, fp, batch_size, len(windows))
+        try:
+            amap.load_state_dict({k: v for k, v in state.items() if not k.startswith("top.")})
+            top.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("top.")})
+        except WorkbenchError as exc:
+            raise artifacts.damaged(Path(checkpoint_dir) / ckpt.TENSORS, f"its states do not "
+                                    f"fit this build ({exc})", ckpt.START_OVER) from None
         start, done = info["next_window"], info["batches"]
     stats = capture.Throughput()
     this_run = 0

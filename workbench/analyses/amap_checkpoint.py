@@ -23,6 +23,7 @@ from workbench import artifacts
 from workbench.errors import WorkbenchError
 
 TENSORS = "amap.ckpt.safetensors"
+START_OVER = "delete it to start the build over (without --resume)"
 
 
 def fingerprint(parts: dict) -> str:
@@ -44,24 +45,34 @@ def save(out_dir: Path, state: dict[str, torch.Tensor], next_window: int, batche
     artifacts.save(out_dir / TENSORS, state, info)
 
 
-def load(out_dir: Path, fp: str, batch_size: int) -> tuple[dict[str, torch.Tensor], dict]:
-    """The saved states and resume info, after checking they belong to this very build."""
+def load(out_dir: Path, fp: str, batch_size: int, n_windows: int,
+         ) -> tuple[dict[str, torch.Tensor], dict]:
+    """The saved states and resume info, after checking they belong to this very build and that
+    the resume point is one this build could have written (``n_windows``: the build's windows)."""
     out_dir = Path(out_dir)
-    state, info = artifacts.load(out_dir / TENSORS)
+    path = out_dir / TENSORS
+    state, info = artifacts.load(path, START_OVER)
     if "next_window" not in info:
-        raise WorkbenchError(f"{out_dir / TENSORS} holds no resume state; delete it and rebuild")
-    if info["batch_size"] != batch_size:
+        raise WorkbenchError(f"{path} holds no resume state; delete it and rebuild")
+    f = artifacts.Fields(info, path, todo=START_OVER)
+    saved_batch = f.int("batch_size", 1)
+    if saved_batch != batch_size:
         raise WorkbenchError(
-            f"the checkpoint in {out_dir} was built with --batch-size {info['batch_size']}, not "
-            f"{batch_size}; resume with --batch-size {info['batch_size']} (fp32 sums are only "
+            f"the checkpoint in {out_dir} was built with --batch-size {saved_batch}, not "
+            f"{batch_size}; resume with --batch-size {saved_batch} (fp32 sums are only "
             "byte-identical when added in the same batches)"
         )
-    if info["fingerprint"] != fp:
+    if f.get("fingerprint", str) != fp:
         raise WorkbenchError(
             f"the checkpoint in {out_dir} is from a different build (model, data or settings "
             f"differ: fingerprint {info['fingerprint']} vs {fp}); resume with the same command, "
-            f"or delete {out_dir / TENSORS} to start over"
+            f"or delete {path} to start over"
         )
+    batches = f.int("batches", 1)
+    next_window = f.int("next_window", 1, n_windows)
+    f.require(next_window == min(batches * batch_size, n_windows),
+              f"its resume point (window {next_window} after {batches} batches of {batch_size}) "
+              "is not one this build writes")
     return state, info
 
 

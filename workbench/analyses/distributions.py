@@ -96,12 +96,49 @@ class DistributionsResult:
         missing = [k for k in ("covariance", "r2", "hist_counts", "sample_values") if k not in t]
         if missing:
             raise WorkbenchError(f"{path} is not a distributions artifact (no {missing})")
+        _check_artifact(path, t, meta)
         settings = meta.pop("settings", {})
         labels = meta.pop("labels", [f"v{i}" for i in range(t["r2"].shape[0])])
         token_labels = meta.pop("token_labels", None)
         states = {k: v for k, v in t.items() if k.startswith("state.")}
         return cls(labels=labels, settings=settings, meta=meta, token_labels=token_labels,
                    states=states, **{k: t[k] for k in cls.__dataclass_fields__ if k in t})
+
+
+def _check_artifact(path: Path, t: dict[str, Tensor], meta: dict) -> None:
+    """Shapes of a distributions artifact against each other and its metadata."""
+    f = artifacts.Fields(meta, path)
+    n = t["r2"].shape[0] if t["r2"].ndim == 2 else -1
+    f.require(n > 0 and t["r2"].shape == (n, n), f"tensor r2 is {tuple(t['r2'].shape)}, not square")
+    labels = f.get("labels", list, None)
+    if labels is not None:
+        f.require(len(labels) == n and all(isinstance(x, str) for x in labels),
+                  f"metadata 'labels' does not name the {n} hidden states")
+    settings = f.get("settings", dict, {})
+    f.require(isinstance(settings, dict), "metadata 'settings' is not an object")
+    tokens = f.get("token_labels", (list, type(None)), None)
+    f.require(tokens is None or all(isinstance(x, str) for x in tokens),
+              "metadata 'token_labels' holds non-text")
+    shapes = {"covariance": (n, n), "mean": (n,), "std": (n,), "n_samples": (n,),
+              "hist_under": (n,), "hist_over": (n,), "hist_nan": (n,)}
+    for key, shape in shapes.items():
+        f.require(key in t and tuple(t[key].shape) == shape, f"tensor {key} is missing or not "
+                  f"{list(shape)} for {n} hidden states")
+    counts, edges = t["hist_counts"], t.get("hist_edges")
+    f.require(counts.ndim == 2 and counts.shape[0] == n and edges is not None
+              and tuple(edges.shape) == (counts.shape[1] + 1,),
+              "tensors hist_counts and hist_edges do not fit together")
+    for key in ("dim_mean", "dim_std", "dim_maxabs"):
+        f.require(key in t and t[key].ndim == 2 and t[key].shape[0] == n,
+                  f"tensor {key} is missing or not [hidden state, dim]")
+    k = t["sample_values"].shape[0]
+    f.require(t["sample_values"].ndim == 2 and t["sample_values"].shape[1] == n
+              and "sample_ids" in t and tuple(t["sample_ids"].shape) == (k, 3),
+              "tensors sample_values and sample_ids do not fit together")
+    if "shard" in meta:
+        shard = f.section("shard")
+        count = shard.int("count", 1)
+        shard.int("index", 0, count - 1)
 
 
 def layer_index(labels: list[str], layer: int | str) -> int:
@@ -259,7 +296,9 @@ def analyze(
         accs = ctx.reduce_all(accs)
     if int(accs["moments"].count) == 0 and shard is None:
         raise WorkbenchError("no positions left to analyse: every window has only its first "
-                             "position; give longer text or keep it (skip_first=False)")
+                             "position, which is left out; give longer text, or count it too "
+                             "(`workbench distributions --keep-first`; skip_first=False in "
+                             "Python)")
     settings = {"skip_first": skip_first, "bins": bins, "value_range": list(value_range),
                 "symlog": symlog, "edges": edge_rule, "sample": sample, "scatter_points": scatter_points,
                 "layer": layer, "pair_layers": list(pair_layers), "seed": seed,

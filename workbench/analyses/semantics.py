@@ -52,7 +52,12 @@ def lemma_table(wordnet=None, cache: bool = True) -> list[dict]:
         key = hashlib.sha256(json.dumps(["lemmas-v1", *stamp]).encode()).hexdigest()[:16]
         path = cache_dir("semantics") / f"lemmas-{key}.json"
         if path.is_file():
-            return json.loads(path.read_text())
+            try:  # a cache damaged by a kill or a full disk is rebuilt, not trusted
+                rows = json.loads(path.read_text())
+                if isinstance(rows, list) and all(isinstance(r, dict) and "lemma" in r for r in rows):
+                    return rows
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+                pass
     rows = rows_from_synsets((wordnet or open_wordnet()).all_synsets())
     if path is not None:
         artifacts.write_json(path, rows)

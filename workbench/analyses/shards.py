@@ -49,6 +49,7 @@ def check_parts(metas: list[dict], paths: list[str | Path]) -> list[int]:
     if any(s != settings[0] for s in settings):
         diff = sorted({k for s in settings for k in s if s.get(k) != settings[0].get(k)})
         raise _differs(f"settings {diff}", [{k: s.get(k) for k in diff} for s in settings], names)
+    _refuse_repeats(metas, paths)
     shards = [m.get("shard") for m in metas]
     if all(s is None for s in shards):
         return list(range(len(metas)))
@@ -81,6 +82,31 @@ def check_parts(metas: list[dict], paths: list[str | Path]) -> list[int]:
     return sorted(range(len(metas)), key=lambda j: int(shards[j]["index"]))
 
 
+def _refuse_repeats(metas: list[dict], paths: list[str | Path]) -> None:
+    """A build given twice (the same file, or two whole builds of the same data) would count
+    every window twice: refused."""
+    seen: dict = {}
+    for path in paths:
+        where = Path(path).resolve()
+        if where in seen:
+            raise WorkbenchError(f"{path} is given twice (as {seen[where]} too); merging a build "
+                                 "with itself would count every window twice")
+        seen[where] = path
+    whole = {}
+    for path, meta in zip(paths, metas, strict=True):
+        data = meta.get("data")
+        if meta.get("shard") is not None or not isinstance(data, dict) or not data.get("sha256"):
+            continue
+        key = (tuple(str(data.get(k)) for k in DATA_IDENTITY),
+               str((meta.get("amap") or {}).get("window_offset", 0)))
+        if key in whole:
+            raise WorkbenchError(
+                f"{whole[key]} and {path} are builds of the same data (sha256 {data['sha256']}, "
+                "same windows): merging them would count every window twice; merge builds of "
+                "different data, or the --shard parts of one build")
+        whole[key] = path
+
+
 def merged_meta(metas: list[dict], paths: list[str | Path]) -> dict:
     """The first part's metadata without its shard, naming what was merged."""
     out = {k: v for k, v in metas[0].items() if k != "shard"}
@@ -99,14 +125,33 @@ def _n_windows(meta: dict) -> int:
     return int(data.get("n_windows", 0))
 
 
-def merge_distributions(paths: list[str | Path]):
-    """One ``DistributionsResult`` from shard artifacts (files or folders), folded in order."""
-    from workbench.analyses.distributions import DistributionsResult, result_from_states
+def _part_accumulators(part, meta: dict, offset: int | None) -> dict:
+    """The accumulators of one part, rebuilt from its states (window ids shifted by ``offset``)."""
     from workbench.distributed import unflat_states
     from workbench.kernels.dimstats import DimStats
     from workbench.kernels.histogram import Histogram
     from workbench.kernels.moments import Moments
     from workbench.kernels.sample import BottomK
+
+    st = part.states
+    dims = unflat_states(st, "dims")
+    sample = unflat_states(st, "sample")
+    if offset is not None:
+        sample["ids"] = sample["ids"].clone()
+        sample["ids"][:, 0] += offset
+    n_vars, d = dims["mean"].shape
+    k = max(int(part.settings.get("sample", 0)), int(part.settings.get("scatter_points", 0)))
+    return {
+        "moments": Moments.from_state_dict(unflat_states(st, "moments")),
+        "hist": Histogram.from_state_dict(unflat_states(st, "hist")),
+        "dims": DimStats(n_vars, d).load_state_dict(dims),
+        "sample": BottomK(k, sample["values"].shape[1], sample["ids"].shape[1]).load_state_dict(sample),
+    }
+
+
+def merge_distributions(paths: list[str | Path]):
+    """One ``DistributionsResult`` from shard artifacts (files or folders), folded in order."""
+    from workbench.analyses.distributions import DistributionsResult, result_from_states
 
     parts = [DistributionsResult.load(p) for p in paths]
     metas = [{**r.meta, "settings": r.settings} for r in parts]
@@ -115,21 +160,15 @@ def merge_distributions(paths: list[str | Path]):
     whole_builds = all(m.get("shard") is None for m in metas)
     offset = 0  # whole builds each number their windows from 0: give the later ones distinct ids
     for j in order:
-        st = parts[j].states
-        dims = unflat_states(st, "dims")
-        sample = unflat_states(st, "sample")
+        try:
+            accs = _part_accumulators(parts[j], metas[j], offset if whole_builds else None)
+        except (KeyError, IndexError, ValueError, RuntimeError, WorkbenchError) as exc:
+            from workbench.artifacts import damaged
+
+            raise damaged(paths[j], f"its accumulator states are damaged or missing ({exc})",
+                          "rebuild that part") from None
         if whole_builds:
-            sample["ids"] = sample["ids"].clone()
-            sample["ids"][:, 0] += offset
             offset += _n_windows(metas[j])
-        n_vars, d = dims["mean"].shape
-        k = max(int(parts[j].settings.get("sample", 0)), int(parts[j].settings.get("scatter_points", 0)))
-        accs = {
-            "moments": Moments.from_state_dict(unflat_states(st, "moments")),
-            "hist": Histogram.from_state_dict(unflat_states(st, "hist")),
-            "dims": DimStats(n_vars, d).load_state_dict(dims),
-            "sample": BottomK(k, sample["values"].shape[1], sample["ids"].shape[1]).load_state_dict(sample),
-        }
         merged = accs if merged is None else {a: merged[a].merge(accs[a]) for a in merged}
     first = parts[order[0]]
     meta = merged_meta([metas[j] for j in order], [paths[j] for j in order])

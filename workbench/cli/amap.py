@@ -5,11 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from workbench.cli.common import add_input_args, nonneg_int, positive_int
-
-
-def _csv_ints(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x.strip()]
+from workbench.cli.common import add_input_args, int_list, nonneg_int, positive_float, positive_int
 
 
 def register(sub) -> None:
@@ -28,7 +24,7 @@ def register(sub) -> None:
     b.add_argument("--modes", default="input,output", help="input,output (default) or one")
     b.add_argument("--positions", action="store_true",
                    help="also key each window position k as pseudo-token [POS_k]")
-    b.add_argument("--layers", type=_csv_ints, default=None, help="e.g. 0,1 (default: all)")
+    b.add_argument("--layers", type=int_list, default=None, help="e.g. 0,1 (default: all)")
     b.add_argument("--sum-dtype", default="float32", choices=["float16", "float32", "float64"])
     b.add_argument("--sum-device", default=None, help="device for the sums (e.g. cpu)")
     b.add_argument("--top-k", type=positive_int, default=8, help="max-activating windows kept per unit")
@@ -39,7 +35,7 @@ def register(sub) -> None:
     b.add_argument("--shard", default=None, metavar="I/N",
                    help="build only the I-th of N slices of the windows (a job-array task, "
                    "numbered from 0); fold the N parts with `workbench amap merge`")
-    b.add_argument("--memory-limit-gib", type=float, default=None,
+    b.add_argument("--memory-limit-gib", type=positive_float, default=None,
                    help="refuse to build when the sums need more than this (default: 80%% free)")
     b.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)  # tests: a kill
     b.add_argument("--no-html", action="store_true", help="skip amap.html")
@@ -55,7 +51,7 @@ def register(sub) -> None:
     e.add_argument("--parquet", type=Path, nargs="?", const=True, default=True,
                    help="output file (default DIR/amap.parquet)")
     e.add_argument("--modes", default=None, help="modes to export (default: all built)")
-    e.add_argument("--layers", type=_csv_ints, default=None, help="layers (default: all)")
+    e.add_argument("--layers", type=int_list, default=None, help="layers (default: all)")
     e.add_argument("--tokens", nargs="+", default=None, metavar="TOKEN",
                    help="token texts (exactly as decoded) or ids; default: all tokens")
     e.add_argument("--top", type=positive_int, default=None, help="only the N most frequent input tokens")
@@ -97,6 +93,11 @@ def build_main(args) -> int:
     from workbench.views.html import Page
 
     shard = parse_shard(args.shard) if args.shard else None
+    modes = [x.strip() for x in args.modes.split(",") if x.strip()]
+    if not modes or any(m not in ("input", "output") for m in modes):
+        from workbench.errors import WorkbenchError
+
+        raise WorkbenchError(f"--modes {args.modes!r}: give input, output or input,output")
     if args.sum_device:
         from workbench.paths import check_device
 
@@ -108,7 +109,7 @@ def build_main(args) -> int:
             model, windows = load_inputs(args)
             limit = None if args.memory_limit_gib is None else int(args.memory_limit_gib * 2**30)
             options = dict(batch_size=args.batch_size, progress=not args.quiet,
-                           modes=[x.strip() for x in args.modes.split(",")],
+                           modes=modes,
                            positions=args.positions, layers=args.layers,
                            sum_dtype=args.sum_dtype, sum_device=args.sum_device,
                            top_k=args.top_k, context_units=args.context_units,
@@ -135,7 +136,9 @@ def build_main(args) -> int:
 
 def merge_main(args) -> int:
     from workbench.analyses.amap_export import merge_dirs
+    from workbench.cli.common import check_out
 
+    check_out(args.out)
     result = merge_dirs(args.inputs)
     path = result.save(args.out)
     kept = "kept" if result.top is not None else "dropped (different data)"
@@ -147,9 +150,11 @@ def merge_main(args) -> int:
 def export_main(args) -> int:
     from workbench.analyses.amap import load
     from workbench.analyses.amap_export import write_parquet
+    from workbench.cli.common import check_out
 
-    result = load(args.amap)
     out = args.amap / "amap.parquet" if args.parquet is True else args.parquet
+    check_out(out.parent)
+    result = load(args.amap)
     tokens = None
     if args.tokens is not None:
         tokens = [int(t) if t.isdigit() else t for t in args.tokens]
@@ -163,10 +168,16 @@ def contexts_main(args) -> int:
     from workbench.analyses.amap import load
     from workbench.analyses.amap_contexts import parse_unit, read_contexts
     from workbench.artifacts import weights_hash, write_json
+    from workbench.cli.common import preflight
     from workbench.data import rebuild_windows
     from workbench.errors import WorkbenchError
     from workbench.models import load_model
 
+    preflight(argparse.Namespace(device=args.device, dtype=args.dtype, file=args.file,
+                                 field=args.field, out=None if args.json is None else args.json.parent))
+    if args.json is not None and args.json.is_dir():
+        raise WorkbenchError(f"--json {args.json} is a folder; give a file path such as "
+                             f"{args.json / 'contexts.json'}")
     result = load(args.amap)
     units = [parse_unit(u) for text in args.unit for u in text.split(",") if u.strip()]
     for layer, _ in units:

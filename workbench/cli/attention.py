@@ -3,7 +3,7 @@ attention.json, attention.html in ``--out``."""
 
 from __future__ import annotations
 
-from workbench.cli.common import add_input_args
+from workbench.cli.common import add_input_args, nonneg_int, positive_int
 
 
 def register(sub) -> None:
@@ -15,11 +15,11 @@ def register(sub) -> None:
     add_input_args(p)
     p.add_argument("--text-b", default=None,
                    help="second sentence of a pair, for encoders such as minilm ([SEP] B [SEP])")
-    p.add_argument("--window-index", type=int, default=0, help="which window to show (default 0)")
+    p.add_argument("--window-index", type=nonneg_int, default=0, help="which window to show (default 0)")
     p.add_argument("--layer", type=int, default=-1, help="neuron-view layer (default: the last)")
     p.add_argument("--query", type=int, default=-1,
                    help="neuron-view query position (default: the last)")
-    p.add_argument("--max-positions", type=int, default=None,
+    p.add_argument("--max-positions", type=positive_int, default=None,
                    help="keep only the first N tokens of the window")
     p.set_defaults(func=main)
 

@@ -26,6 +26,29 @@ positive_int = _int_at_least(1, "1 or more")
 nonneg_int = _int_at_least(0, "0 or more")
 
 
+def positive_float(text: str) -> float:
+    """An argparse type: a number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be a number above 0")
+    return value
+
+
+def int_list(text: str) -> list[int]:
+    """An argparse type: comma-separated whole numbers >= 0, e.g. ``0,3``."""
+    try:
+        out = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give whole numbers separated by commas, "
+                                         "e.g. 0,3") from None
+    if not out or min(out) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give layers 0 or more, e.g. 0,3")
+    return out
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"model name (default {DEFAULT_MODEL})")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1")
@@ -76,18 +99,35 @@ def check_out(out: Path) -> None:
         raise WorkbenchError(f"--out {out}: {probe} is not writable; choose a folder you can write")
 
 
+def preflight(args) -> None:
+    """Everything about the flags that can be checked without the model, checked now: ``--out``,
+    the devices, the dtype and the input file (read and validated), so a mistake costs no model
+    load. ``--quiet`` also silences the loaders."""
+    import os
+
+    from workbench.models import _dtype
+    from workbench.paths import resolve_device
+
+    if getattr(args, "out", None) is not None:
+        check_out(args.out)
+    if getattr(args, "device", None) is not None:
+        resolve_device(args.device)
+    if getattr(args, "dtype", None) is not None:
+        _dtype(args.dtype)
+    if getattr(args, "file", None) is not None:
+        from workbench.data import read_file_documents
+
+        read_file_documents(args.file, getattr(args, "field", None) or "text")
+    if getattr(args, "quiet", False):
+        os.environ["WORKBENCH_QUIET"] = "1"  # the loaders' first-load messages too
+
+
 def load_inputs(args):
     """The model and windows named by ``add_input_args`` flags (``--out`` checked first)."""
     from workbench.data import load_windows
     from workbench.models import load_model
 
-    if getattr(args, "out", None) is not None:
-        check_out(args.out)
-    if getattr(args, "quiet", False):
-        import os
-
-        os.environ["WORKBENCH_QUIET"] = "1"  # the loaders' first-load messages too
-
+    preflight(args)
     model = load_model(args.model, device=args.device, dtype=args.dtype,
                        processing=getattr(args, "weight_processing", False))
     windows = load_windows(

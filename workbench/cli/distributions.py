@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from workbench.cli.common import add_input_args, load_inputs, positive_int
+from workbench.cli.common import add_input_args, load_inputs, positive_float, positive_int
 
 
 def _layer(text: str) -> int | str:
@@ -43,14 +43,14 @@ def register(sub) -> None:
                    help="histogram range (default: sized to the model; the seed's -15 15 where "
                    "its residuals fit, symlog edges over +-1e6 for gemma-3-270m). "
                    "--range -15 15 gives the seed's fixed edges")
-    p.add_argument("--symlog", type=float, default=None, metavar="T",
+    p.add_argument("--symlog", type=positive_float, default=None, metavar="T",
                    help="symmetric-log bins, linear within ±T (for heavy tails)")
     p.add_argument("--layer", type=_layer, default=-1,
                    help="layer for the scatter plots: index or label (emb, h.0, ...; default last)")
     p.add_argument("--pair-layers", type=_layer, nargs="+", default=None,
                    help="layers of the pairplot (default the first four)")
-    p.add_argument("--sample", type=int, default=1000, help="pairplot points (default 1000)")
-    p.add_argument("--scatter-points", type=int, default=10000,
+    p.add_argument("--sample", type=positive_int, default=1000, help="pairplot points (default 1000)")
+    p.add_argument("--scatter-points", type=positive_int, default=10000,
                    help="scatter plot points (default 10000)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     p.set_defaults(func=main)

@@ -3,7 +3,7 @@ factors.json, factors.html in ``--out``."""
 
 from __future__ import annotations
 
-from workbench.cli.common import add_input_args, positive_int
+from workbench.cli.common import add_input_args, nonneg_int, positive_int
 from workbench.errors import WorkbenchError
 
 
@@ -33,8 +33,8 @@ def register(sub) -> None:
                    help="negative activations: clip at 0 (ecco), split into +/- halves "
                    "(both factorised), or auto: split for gated MLPs (default auto)")
     p.add_argument("--layers", default=None, help="layer range, e.g. 0-3 or 1,3 (default all)")
-    p.add_argument("--window-index", type=int, default=0, help="which window (default 0)")
-    p.add_argument("--max-iter", type=int, default=400, help="NMF iterations at most (default 400)")
+    p.add_argument("--window-index", type=nonneg_int, default=0, help="which window (default 0)")
+    p.add_argument("--max-iter", type=positive_int, default=400, help="NMF iterations at most (default 400)")
     p.add_argument("--seed", type=int, default=0, help="seed for --init random (default 0)")
     p.add_argument("--init", choices=["nndsvda", "nndsvd", "random"], default="nndsvda",
                    help="NMF start (default nndsvda: deterministic)")
@@ -47,9 +47,10 @@ def main(args) -> int:
     from workbench.views.factors import section
     from workbench.views.html import Page
 
+    layers = parse_layers(args.layers)  # a bad spec fails before the model loads
     model, windows = load_inputs(args)
     result = analyze(model, windows, n_components=args.components, signed=args.signed,
-                     layers=parse_layers(args.layers), window_index=args.window_index,
+                     layers=layers, window_index=args.window_index,
                      max_iter=args.max_iter, init=args.init, seed=args.seed)
     artifact = result.save(args.out)
     header = {"model": model.cfg.model_name, "input": windows.source,

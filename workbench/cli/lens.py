@@ -3,7 +3,7 @@ lens.html in ``--out``."""
 
 from __future__ import annotations
 
-from workbench.cli.common import add_input_args
+from workbench.cli.common import add_input_args, nonneg_int, positive_float, positive_int
 
 
 def register(sub) -> None:
@@ -16,16 +16,16 @@ def register(sub) -> None:
     add_input_args(p)
     p.add_argument("--mode", choices=["final_ln", "raw"], default="final_ln",
                    help="final_ln (default): ln_final then unembed; raw: unembed only")
-    p.add_argument("--k", type=int, default=10, help="top-k predictions kept per layer (default 10)")
+    p.add_argument("--k", type=positive_int, default=10, help="top-k predictions kept per layer (default 10)")
     p.add_argument("--watch", nargs="+", default=None, metavar="TOKEN",
                    help='token strings to rank at every layer, each exactly one token, e.g. " is" " are"')
     p.add_argument("--watch-ids", nargs="+", type=int, default=None, metavar="ID",
                    help="token ids to rank at every layer, e.g. 318 389")
-    p.add_argument("--generate", type=int, default=0, metavar="N",
+    p.add_argument("--generate", type=nonneg_int, default=0, metavar="N",
                    help="greedily generate N tokens after the first window and rank them (as ecco)")
     p.add_argument("--position", type=int, default=None,
                    help="position for the top-k and watch figures (default: the last)")
-    p.add_argument("--budget-mib", type=float, default=256,
+    p.add_argument("--budget-mib", type=positive_float, default=256,
                    help="memory for the transient logits chunk, MiB (default 256)")
     p.set_defaults(func=main)
 
@@ -33,12 +33,9 @@ def register(sub) -> None:
 def main(args) -> int:
     from workbench.analyses.lens import analyze
     from workbench.cli.common import load_inputs
-    from workbench.errors import WorkbenchError
     from workbench.views.html import Page
     from workbench.views.lens import section
 
-    if args.budget_mib <= 0:
-        raise WorkbenchError(f"--budget-mib must be > 0, got {args.budget_mib}")
     watch = [*(args.watch or []), *(args.watch_ids or [])] or None
     model, windows = load_inputs(args)
     result = analyze(model, windows, batch_size=args.batch_size, progress=not args.quiet,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from workbench.cli.common import positive_int
+from workbench.cli.common import check_out, int_list, positive_int
 
 
 def register(sub) -> None:
@@ -20,12 +20,12 @@ def register(sub) -> None:
                    help="the model the AMAP was built with (default: the name in its metadata)")
     p.add_argument("--device", default="cpu", help="device to load the model on (default cpu)")
     p.add_argument("--mode", default="input", choices=["input", "output"])
-    p.add_argument("--layers", default=None, help="e.g. 0,3 (default: all in the AMAP)")
+    p.add_argument("--layers", type=int_list, default=None, help="e.g. 0,3 (default: all in the AMAP)")
     p.add_argument("--no-prefix-space", action="store_true",
                    help="tokenize lemmas without a leading space (default: ' lemma')")
-    p.add_argument("--max-lemmas", type=int, default=3000, help="lemmas per test (default 3000)")
-    p.add_argument("--tsne-points", type=int, default=1500, help="points per t-SNE (default 1500)")
-    p.add_argument("--permutations", type=int, default=1000, help="label shufflings (default 1000)")
+    p.add_argument("--max-lemmas", type=positive_int, default=3000, help="lemmas per test (default 3000)")
+    p.add_argument("--tsne-points", type=positive_int, default=1500, help="points per t-SNE (default 1500)")
+    p.add_argument("--permutations", type=positive_int, default=1000, help="label shufflings (default 1000)")
     p.add_argument("--top", type=positive_int, default=5, help="labels coloured in the t-SNE (default 5)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="output folder (default: --amap)")
@@ -36,12 +36,18 @@ def main(args) -> int:
     from workbench.analyses.amap import load
     from workbench.analyses.semantics import analyze
     from workbench.models import load_model
+    from workbench.paths import resolve_device
     from workbench.views.html import Page
     from workbench.views.semantics import section
 
-    amap = load(args.amap)
+    resolve_device(args.device)
+    check_out(args.out or args.amap)
+    amap = load(args.amap)  # a damaged AMAP, a missing mode or layer: refused before the model
+    amap._mode(args.mode)
+    for layer in args.layers or []:
+        amap._row(layer)
     model = load_model(args.model or amap.meta["model"], device=args.device)
-    layers = None if args.layers is None else [int(x) for x in args.layers.split(",")]
+    layers = args.layers
     result = analyze(model, amap, mode=args.mode, prefix="" if args.no_prefix_space else " ",
                      layers=layers, max_lemmas=args.max_lemmas, tsne_points=args.tsne_points,
                      n_permutations=args.permutations, seed=args.seed)

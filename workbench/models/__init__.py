@@ -5,8 +5,11 @@
 ['gemma-3-270m', 'tiny-gloss-lm', 'minilm', 'random-tiny']
 """
 
+import contextlib
 import difflib
 import importlib
+import io
+import os
 from dataclasses import dataclass
 
 import torch
@@ -102,6 +105,30 @@ def load_model(name: str = DEFAULT_MODEL, device: str | None = "auto", dtype=Non
     """
     dev = resolve_device(device)
     dt = _dtype(dtype)
+    with _quiet_if_asked():
+        return _load(name, dev, dt, processing)
+
+
+@contextlib.contextmanager
+def _quiet_if_asked():
+    """Under ``--quiet`` (``WORKBENCH_QUIET=1``) the loaders' chatter goes nowhere: TransformerLens'
+    "Moving model to device" / "Loaded pretrained model" prints and transformers' progress bars."""
+    if not os.environ.get("WORKBENCH_QUIET"):
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def _load(name: str, dev, dt, processing: bool):
     if name in EMBEDDED:
         if processing:
             raise WorkbenchError(f"{name} is an embedded model and loads unprocessed only; "
