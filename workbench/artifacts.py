@@ -234,7 +234,7 @@ class Fields:
         self.meta, self.path, self.prefix, self.todo = meta, path, prefix, todo
 
     def _fail(self, key: str, what: str) -> DamagedArtifact:
-        return damaged(self.path, f"metadata {self.prefix}{key!r} {what} (edited by hand?)",
+        return damaged(self.path, f"metadata '{self.prefix}{key}' {what} (edited by hand?)",
                        self.todo)
 
     def get(self, key: str, kind, default=...):

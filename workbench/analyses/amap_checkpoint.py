@@ -33,7 +33,10 @@ def fingerprint(parts: dict) -> str:
 
 
 def exists(out_dir: Path) -> bool:
-    return (Path(out_dir) / TENSORS).is_file()
+    """Whether ``out_dir`` holds a checkpoint: anything at its name counts (a link to a device
+    or a folder there is refused by ``load``, not taken for "no checkpoint")."""
+    path = Path(out_dir) / TENSORS
+    return path.exists() or path.is_symlink()
 
 
 def save(out_dir: Path, state: dict[str, torch.Tensor], next_window: int, batches: int,
