@@ -77,7 +77,10 @@ def test_merge_refuses_a_missing_shard(runs, tmp_path, capsys):
     assert cli("merge", str(runs / "shard0"), str(s2), "--out", str(tmp_path / "m")) == 2
     assert "different shard counts" in capsys.readouterr().err
     assert cli("merge", str(runs / "shard0"), str(runs / "shard0"), "--out", str(tmp_path / "m")) == 2
-    assert "shard 0/2 given twice" in capsys.readouterr().err
+    assert "given twice" in capsys.readouterr().err  # the same folder twice
+    copy = relabel(runs / "shard0", tmp_path / "copy")
+    assert cli("merge", str(runs / "shard0"), str(copy), "--out", str(tmp_path / "m")) == 2
+    assert "shard 0/2 given twice" in capsys.readouterr().err  # a copy of one shard
     assert not (tmp_path / "m").exists()
 
 

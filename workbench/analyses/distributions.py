@@ -305,8 +305,9 @@ def analyze(
                 "batch_size": batch_size}
     token_labels = None
     if len(windows) == 1:
-        token_labels = model.tokenizer.convert_ids_to_tokens(
-            windows.tokens[0][windows.mask[0]].tolist())
+        from workbench.views.tokens import decode_each
+
+        token_labels = decode_each(model.tokenizer, windows.tokens[0][windows.mask[0]].tolist())
     meta = artifacts.run_metadata(model, windows, **settings)
     if shard is not None:
         meta["shard"] = shard_metadata(windows, *shard)

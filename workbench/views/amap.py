@@ -8,10 +8,7 @@ import html
 import plotly.graph_objects as go
 
 from workbench.views.html import Section, table_html
-
-
-def visible(text: str) -> str:
-    return (text or "∅").replace(" ", "␣").replace("\n", "\\n").replace("\t", "\\t")
+from workbench.views.tokens import html_label, html_running, short
 
 
 def coverage_figure(result) -> go.Figure:
@@ -59,7 +56,7 @@ def top_tokens_figure(result, mode: str = "input", k: int = 8, min_count: int = 
     for layer, neuron in units:
         top = result.top_tokens(layer, neuron, mode, k, min_count)
         z.append([t["mean"] for t in top] + [None] * (k - len(top)))
-        text.append([visible(t["token"]) for t in top] + [""] * (k - len(top)))
+        text.append([html.escape(short(t["token"], 10)) for t in top] + [""] * (k - len(top)))
     fig = go.Figure(go.Heatmap(z=z, text=text, texttemplate="%{text}", colorscale="Viridis",
                                x=[str(j + 1) for j in range(k)],
                                y=[f"{layer}_{neuron}" for layer, neuron in units],
@@ -100,11 +97,13 @@ def contexts_html(result, max_units: int = 8) -> str:
             spans = []
             for tok, a in zip(w["tokens"], w["acts"], strict=True):
                 alpha = min(1.0, max(0.0, a / top))
-                spans.append(f"<span title='{a:.3f}' style='background:rgba(230,80,20,{alpha:.2f})'>"
-                             f"{html.escape(visible(tok))}</span>")
+                spans.append(f"<span title='{html_label(tok)}: {a:.3f}' "
+                             f"style='background:rgba(230,80,20,{alpha:.2f})'>"
+                             f"{html_running(tok)}</span>")
             rows.append(f"<div><code>{w['max']:.3f}</code> {''.join(spans)}</div>")
         parts.append(f"<h4>unit {unit['unit']}</h4>" + "".join(rows))
-    return "<div style='font-family:monospace;font-size:13px'>" + "".join(parts) + "</div>"
+    return ("<div style='font-family:monospace;font-size:13px;white-space:pre-wrap;"
+            "overflow-wrap:anywhere'>" + "".join(parts) + "</div>")
 
 
 def figures(result) -> dict[str, go.Figure]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import html
 import itertools
-import json
 from functools import cache
 from pathlib import Path
 
@@ -20,7 +19,8 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from workbench.views.html import Section
+from workbench.views.html import Section, json_for_script
+from workbench.views.tokens import html_label, label, short
 
 _ids = itertools.count()
 
@@ -28,11 +28,6 @@ _ids = itertools.count()
 @cache
 def widgets_js() -> str:
     return (Path(__file__).with_name("widgets.js")).read_text(encoding="utf-8")
-
-
-def _json_for_script(obj) -> str:
-    # Inside <script> a literal "</script>" in a token would end the tag; escape every "<".
-    return json.dumps(obj).replace("<", "\\u003c")
 
 
 def pattern_b64(result) -> str:
@@ -43,19 +38,20 @@ def pattern_b64(result) -> str:
 def head_view_html(result, include_script: bool = True) -> str:
     """The head-view widget; with ``include_script`` the snippet also works alone (notebooks)."""
     wid = f"wb-attn-{next(_ids)}"
-    data = {"tokens": result.token_strs, "types": result.token_type_ids.tolist(),
+    data = {"tokens": result.token_strs, "labels": [label(t) for t in result.token_strs],
+            "types": result.token_type_ids.tolist(),
             "layers": result.n_layers, "heads": result.n_heads, "layer": result.neuron.layer,
             "pattern": pattern_b64(result)}
     lib = f"<script type='text/javascript'>{widgets_js()}</script>" if include_script else ""
     return (
         f'{lib}<div class="wb-attention" id="{wid}" data-wb-widget="attention-head-view"></div>'
-        f'<script type="application/json" id="{wid}-data">{_json_for_script(data)}</script>'
+        f'<script type="application/json" id="{wid}-data">{json_for_script(data)}</script>'
         f"<script type='text/javascript'>wbAttention.headView('{wid}');</script>"
     )
 
 
 def _labels(result) -> list[str]:
-    return [f"{i}:{t!r}"[: 24] for i, t in enumerate(result.token_strs)]
+    return [f"{i}:{html.escape(short(t, 20))}" for i, t in enumerate(result.token_strs)]
 
 
 def model_view(result, max_positions: int = 128) -> go.Figure:
@@ -126,7 +122,7 @@ def neuron_view(result) -> go.Figure:
     fig.update_xaxes(range=[0, 1.05], row=1, col=2)
     query = result.token_strs[nv.query]
     fig.update_layout(
-        title=(f"Neuron view: layer {nv.layer}, query {nv.query} {query!r} "
+        title=(f"Neuron view: layer {nv.layer}, query {nv.query} {html_label(query)} "
                f"(max |softmax − pattern| = {nv.max_abs_diff:.1e})"),
         updatemenus=[{"buttons": buttons, "x": 1.0, "xanchor": "right", "y": 1.0,
                       "yanchor": "bottom", "pad": {"b": 28}}],

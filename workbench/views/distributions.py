@@ -14,6 +14,7 @@ import plotly.graph_objects as go
 from plotly.colors import sample_colorscale
 
 from workbench.views.html import Section, table_html
+from workbench.views.tokens import html_label, position_ticks
 
 SEQUENTIAL = "Viridis"
 
@@ -50,6 +51,13 @@ def scatter_by_dimension(result, layer: int | str = -1) -> go.Figure:
     return fig
 
 
+def _point_labels(result, ids) -> list[str]:
+    tokens = result.token_labels
+    return [f"position {int(p)} {html_label(tokens[int(p)])}, dim {int(d)}"
+            if tokens and int(p) < len(tokens) else f"position {int(p)}, dim {int(d)}"
+            for p, d in zip(ids[:, 1], ids[:, 2], strict=True)]
+
+
 def scatter_by_token(result, layer: int | str = -1) -> go.Figure:
     """Sampled activations of one layer against their position in the window (token strings on
     the axis when the input is one window)."""
@@ -57,12 +65,11 @@ def scatter_by_token(result, layer: int | str = -1) -> go.Figure:
     values, ids = _sampled(result, result.settings.get("scatter_points"))
     fig = go.Figure(go.Scattergl(x=ids[:, 1].numpy(), y=values[:, v].numpy(), mode="markers",
                                  marker={"size": 3, "opacity": 0.35, "color": "#2a9d8f"},
-                                 text=[f"dim {int(d)}" for d in ids[:, 2]]))
+                                 text=_point_labels(result, ids)))
     fig.update_layout(title=f"{result.labels[v]}: activations by token position",
                       yaxis_title="activation", height=380, margin={"t": 50, "b": 40})
     if result.token_labels:
-        fig.update_xaxes(tickmode="array", tickvals=list(range(len(result.token_labels))),
-                         ticktext=result.token_labels, title="token")
+        fig.update_xaxes(title="token", **position_ticks([html_label(t) for t in result.token_labels]))
     else:
         fig.update_xaxes(title="position in window")
     return fig

@@ -14,6 +14,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from workbench.views.html import Section, table_html
+from workbench.views.tokens import html_running
+from workbench.views.tokens import label as token_label
 
 PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
            (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
@@ -22,10 +24,6 @@ PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 1
 def color(i: int, alpha: float = 1.0) -> str:
     r, g, b = PALETTE[i % len(PALETTE)]
     return f"rgba({r},{g},{b},{alpha:.3f})"
-
-
-def _visible(token: str) -> str:
-    return html.escape(token.replace("\n", "⏎").replace("\t", "⇥")) or "&nbsp;"
 
 
 def highlighted_html(result) -> str:
@@ -38,10 +36,10 @@ def highlighted_html(result) -> str:
     def row(label: str, shades: list[tuple[int, float]], label_color: str) -> str:
         cells = []
         for p, (k, a) in enumerate(shades):
-            title = html.escape(f"position {p} {result.token_strs[p]!r}: " + ", ".join(
+            title = html.escape(f"position {p} {token_label(result.token_strs[p])}: " + ", ".join(
                 f"f{j} {f[j, p]:.3g}" for j in range(f.shape[0])))
             cells.append(span.format(title=title, bg=color(k, 0.85 * a),
-                                     text=_visible(result.token_strs[p])))
+                                     text=html_running(result.token_strs[p])))
         return (f'<div class="wb-factor-row" style="margin:3px 0;line-height:1.9">'
                 f'<b style="display:inline-block;width:7em;color:{label_color}">{label}</b>'
                 f'<span style="font-family:monospace;overflow-wrap:anywhere">{"".join(cells)}</span></div>')

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import html
+import json
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -22,8 +23,10 @@ header{background:#14213d;color:#fff;padding:16px 28px}
 header h1{margin:0 0 6px 0;font-size:22px}
 header table{border-collapse:collapse;font-size:13px}
 header td{padding:1px 14px 1px 0;vertical-align:top}
-nav{padding:8px 28px;background:#e5e5e5;font-size:14px}
+nav{padding:8px 28px;background:#e5e5e5;font-size:14px;position:sticky;top:0;z-index:10;
+box-shadow:0 1px 3px rgba(0,0,0,.15)}
 nav a{margin-right:14px;color:#14213d}
+nav a.fig{font-size:12px;color:#555;margin-right:8px}
 main{padding:8px 28px 40px 28px}
 section{background:#fff;border:1px solid #ddd;border-radius:6px;margin:18px 0;padding:8px 18px}
 section h2{font-size:18px;margin:10px 0}
@@ -31,8 +34,17 @@ section h2{font-size:18px;margin:10px 0}
 table.data{border-collapse:collapse;font-size:13px;margin:8px 0}
 table.data td,table.data th{border:1px solid #ddd;padding:2px 8px;text-align:right}
 table.data th{background:#f0f0f0}
-.figure{margin:6px 0}
+.figure{margin:6px 0;max-width:100%}
+.wb-scroll{overflow-x:auto;max-width:100%;border:1px solid #eee}
+section{scroll-margin-top:44px}.figure{scroll-margin-top:44px}
 """
+
+
+# Offline in the sense a researcher means: no control that can send the data anywhere. plotly.js
+# shows a "Share chart" (upload to Plotly Cloud) button unless told not to, and its logo links out.
+CONFIG = {"displaylogo": False, "responsive": True, "showSendToCloud": False,
+          "plotlyServerURL": "",
+          "modeBarButtonsToRemove": ["sendDataToCloud", "sendChartToCloud", "editInChartStudio"]}
 
 
 @cache
@@ -43,6 +55,49 @@ def plotly_js() -> str:
 
 
 Item = go.Figure | str
+
+
+def json_for_script(obj) -> str:
+    """JSON safe inside ``<script>``: a literal "</script>" in a token would end the tag."""
+    return json.dumps(obj).replace("<", "\\u003c")
+
+
+def wide(fig: go.Figure, n_columns: int, cell_px: int, margin_px: int = 200,
+         div_id: str | None = None) -> go.Figure:
+    """Give ``fig`` fixed-width columns (``cell_px`` each): drawn at its own width inside a
+    horizontally scrolling box, so 1,000 positions stay readable and the page never scrolls
+    sideways."""
+    width = max(700, margin_px + n_columns * cell_px)
+    meta = dict(fig.layout.meta or {}) | {"wb_scroll": width > 1300}
+    if div_id:
+        meta["wb_id"] = div_id
+    fig.update_layout(width=width, autosize=False, meta=meta)
+    return fig
+
+
+def figure_html(fig: go.Figure, anchor: str | None = None) -> str:
+    meta = fig.layout.meta if isinstance(fig.layout.meta, dict) else {}
+    scroll = bool(meta.get("wb_scroll"))
+    config = {**CONFIG, "responsive": not scroll and fig.layout.width is None}
+    body = fig.to_html(full_html=False, include_plotlyjs=False, config=config,
+                       div_id=meta.get("wb_id"))
+    title = fig.layout.title.text if fig.layout.title and fig.layout.title.text else ""
+    where = f' id="{anchor}"' if anchor else ""
+    return (f'<div class="figure{" wb-scroll" if scroll else ""}"{where} '
+            f'data-wb-title="{html.escape(_plain(title), quote=True)}">{body}</div>')
+
+
+def _short_title(fig: go.Figure, i: int) -> str:
+    title = _plain(fig.layout.title.text if fig.layout.title and fig.layout.title.text else "")
+    title = title.split(":")[0].split(" (")[0].strip()
+    return (title[:38] + "…" if len(title) > 39 else title) or f"figure {i + 1}"
+
+
+def _plain(text: str) -> str:
+    """A plotly title as plain text (its HTML tags dropped, entities kept escaped once)."""
+    import re
+
+    return html.unescape(re.sub(r"<[^>]+>", " ", text or "")).strip()
 
 
 @dataclass
@@ -61,13 +116,17 @@ class Section:
 
     def render(self) -> str:
         parts = [f'<section id="{self.anchor}"><h2>{html.escape(self.title)}</h2>']
+        figs = [(i, item) for i, item in enumerate(self.items) if isinstance(item, go.Figure)]
+        if len(figs) > 1:  # an index of the section's figures, each with its own anchor
+            links = " · ".join(
+                f'<a href="#{self.anchor}-fig{i}">{html.escape(_short_title(f, i))}</a>'
+                for i, f in figs)
+            parts.append(f'<p class="note wb-figure-index">Figures: {links}</p>')
         if self.note:
             parts.append(f'<p class="note">{self.note}</p>')
-        for item in self.items:
+        for i, item in enumerate(self.items):
             if isinstance(item, go.Figure):
-                body = item.to_html(full_html=False, include_plotlyjs=False,
-                                    config={"displaylogo": False, "responsive": True})
-                parts.append(f'<div class="figure">{body}</div>')
+                parts.append(figure_html(item, f"{self.anchor}-fig{i}"))
             else:
                 parts.append(item)
         parts.append("</section>")

@@ -3,6 +3,8 @@ lemma) and the permutation tests (effect size per layer and label, with p-values
 
 from __future__ import annotations
 
+import html
+
 import plotly.graph_objects as go
 
 from workbench.views.html import Section, table_html
@@ -25,7 +27,8 @@ def tsne_figure(result, layer_pos: int, kind: str = "domain", top: int = 5) -> g
         background = name in ("(none)", "other")
         fig.add_scatter(
             x=emb[pts, 0].tolist(), y=emb[pts, 1].tolist(), mode="markers", name=name,
-            text=[f"{result.rows[idx[p]]['lemma']}<br>{result.rows[idx[p]]['synset']}"
+            text=[f"{html.escape(result.rows[idx[p]]['lemma'])}<br>"
+                  f"{html.escape(result.rows[idx[p]]['synset'])}"
                   for p in pts],
             hoverinfo="text+name",
             marker={"size": 4 if background else 6, **({"color": GREY} if background else {})},

@@ -65,7 +65,7 @@
       var y = 4 + i * rowH + rowH * 0.7, fill = d.types && d.types[i] ? "#8a1c7c" : "#1b1f24";
       var a = el("text", { x: colW - 6, y: y, "text-anchor": "end", fill: fill, "font-size": 13, "font-family": "monospace" }, svg, true);
       var b = el("text", { x: colW + gap + 6, y: y, fill: fill, "font-size": 13, "font-family": "monospace" }, svg, true);
-      a.textContent = b.textContent = JSON.stringify(d.tokens[i]).slice(1, -1);
+      a.textContent = b.textContent = d.labels ? d.labels[i] : JSON.stringify(d.tokens[i]).slice(1, -1);
       a.style.cursor = "pointer";
       (function (i) {
         a.onmouseenter = function () { state.hover = { side: "q", i: i }; draw(); };
@@ -94,7 +94,7 @@
           n++;
         }
       }
-      var who = JSON.stringify(d.tokens[mode.i]);
+      var who = d.labels ? d.labels[mode.i] : JSON.stringify(d.tokens[mode.i]);
       info.textContent = (mode.side === "q" ? "attention from " : "attention to ") + who +
         " (position " + mode.i + ")" + (state.hover ? "" : " - hover a token, click a query to pin it");
       root.setAttribute("data-wb-lines", n);
