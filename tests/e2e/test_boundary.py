@@ -367,3 +367,34 @@ def test_quiet_means_quiet(tmp_path, capsys):
     assert rc == 0, err
     assert err == ""
     assert out.strip().startswith("wrote ") and len(out.strip().splitlines()) == 1
+
+
+def test_every_option_says_its_default_and_every_command_has_an_example():
+    """--help: each option with a default names it; each command ends with an example; no
+    command lists both --bos and --no-bos."""
+    import argparse
+
+    from workbench.cli import EXAMPLES, build_parser
+
+    def walk(parser):
+        yield parser
+        for a in parser._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for sp in a.choices.values():
+                    yield from walk(sp)
+
+    for parser in walk(build_parser()):
+        text = parser.format_help()
+        flags = {o for a in parser._actions for o in a.option_strings}
+        assert not {"--bos", "--no-bos"} <= flags, parser.prog
+        if parser.prog in EXAMPLES:
+            assert "example:\n  workbench" in text, parser.prog
+        for a in parser._actions:
+            quiet = a.default in (None, False, argparse.SUPPRESS) or not a.option_strings \
+                or isinstance(a, argparse._HelpAction)
+            if not quiet:
+                assert a.help and "default" in parser._get_formatter()._get_help_string(a), \
+                    (parser.prog, a.option_strings)
+    commands = [p.prog for p in walk(build_parser()) if not any(
+        isinstance(a, argparse._SubParsersAction) for a in p._actions)]
+    assert set(commands) <= set(EXAMPLES), commands

@@ -20,9 +20,55 @@ ALIASES = {"--topk": "--k / --top-k", "--top_k": "--top-k", "--n_components": "-
            "--output-dir": "--out", "--outdir": "--out", "--input": "--file or --text"}
 
 
+# One example per command, shown at the end of its --help.
+EXAMPLES = {
+    "workbench run": "workbench run --text \"The cat sat on the mat.\" --out out/run",
+    "workbench models": "workbench models --all",
+    "workbench distributions": "workbench distributions --file notes.txt --out out/dist",
+    "workbench lens": "workbench lens --text \"The keys to the cabinet\" --watch \" is\" \" are\" "
+                      "--out out/lens",
+    "workbench attention": "workbench attention --text \"The cat sat on the mat.\" --out out/attn",
+    "workbench factors": "workbench factors --text \"The cat sat on the mat.\" --components 6 "
+                         "--out out/nmf",
+    "workbench amap build": "workbench amap build --dataset wordnet-glosses --model tiny-gloss-lm "
+                            "--out out/amap",
+    "workbench amap merge": "workbench amap merge out/amap-0 out/amap-1 --out out/amap",
+    "workbench amap export": "workbench amap export out/amap --layers 0 --tokens \" the\" \" cat\"",
+    "workbench amap contexts": "workbench amap contexts out/amap --unit 1_17 --top 3",
+    "workbench semantics": "workbench semantics --amap out/amap --permutations 200",
+}
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default (unless it already says it); the epilog (the
+    example) keeps its line breaks."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        quiet = (default is None or default is False or default is argparse.SUPPRESS
+                 or isinstance(action, (argparse._HelpAction, argparse._VersionAction))
+                 or not action.option_strings)
+        if "default" in text.lower() or quiet:
+            return text
+        shown = default if not isinstance(default, (list, tuple)) else " ".join(map(str, default))
+        return f"{text} (default {shown})"
+
+    def _fill_text(self, text, width, indent):
+        return "\n".join(indent + line for line in text.splitlines())
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with one-line errors: what was wrong, a "did you mean" where a flag is close to a
-    real one, and where to read more. Subcommand parsers are of this class too."""
+    real one, and where to read more. Subcommand parsers are of this class too; each gets its
+    example (``EXAMPLES``) as epilog."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+        example = EXAMPLES.get(self.prog)
+        if example and self.epilog is None:
+            self.epilog = f"example:\n  {example}"
 
     def error(self, message: str):
         self.exit(2, f"error: {self.prog}: {message}{self.suggest(message)} "

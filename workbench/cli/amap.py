@@ -18,14 +18,13 @@ def register(sub) -> None:
     b = cmds.add_parser("build", help="build an AMAP over a text, file or dataset",
                         description="SYSIF defaults: --window 15 --stride 15, no BOS. Resumable: "
                         "checkpoints every --checkpoint-every batches; --resume continues.")
-    add_input_args(b, window=15)
-    b.set_defaults(bos=False)
-    b.add_argument("--bos", dest="bos", action="store_true", help="prepend BOS to each window")
+    add_input_args(b, window=15, bos=False)
     b.add_argument("--modes", default="input,output", help="input,output (default) or one")
     b.add_argument("--positions", action="store_true",
                    help="also key each window position k as pseudo-token [POS_k]")
     b.add_argument("--layers", type=int_list, default=None, help="e.g. 0,1 (default: all)")
-    b.add_argument("--sum-dtype", default="float32", choices=["float16", "float32", "float64"])
+    b.add_argument("--sum-dtype", default="float32", choices=["float16", "float32", "float64"],
+                   help="dtype of the activation sums (float64 for long builds)")
     b.add_argument("--sum-device", default=None, help="device for the sums (e.g. cpu)")
     b.add_argument("--top-k", type=positive_int, default=8, help="max-activating windows kept per unit")
     b.add_argument("--context-units", type=nonneg_int, default=2,

@@ -51,15 +51,16 @@ def int_list(text: str) -> list[int]:
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"model name (default {DEFAULT_MODEL})")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1")
-    p.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 "
+                   "(default auto)")
+    p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default float32)")
     p.add_argument("--weight-processing", action="store_true",
                    help="hub models only: apply TransformerLens' weight processing (fold LN, "
                    "centre weights); off by default, so hidden states are HF's")
 
 
 def add_input_args(p: argparse.ArgumentParser, window: int | None = None,
-                   source_required: bool = True) -> None:
+                   source_required: bool = True, bos: bool | None = None) -> None:
     """--model/--device/--dtype, one input source, windowing, --out, --batch-size.
 
     ``source_required=False`` for commands that also take artifacts instead (``... merge``).
@@ -71,14 +72,20 @@ def add_input_args(p: argparse.ArgumentParser, window: int | None = None,
     src.add_argument("--dataset", help="wordnet-glosses (offline) or an HF datasets name "
                      "(name:config when it has configurations)")
     p.add_argument("--field", default="text", help="JSONL / dataset field (default text)")
-    p.add_argument("--limit", type=positive_int, default=None, help="at most this many dataset documents")
+    p.add_argument("--limit", type=positive_int, default=None,
+                   help="at most this many dataset documents (default: all)")
     p.add_argument("--window", type=positive_int, default=window, help="tokens per window (default: the model's context, at most 1024 with the specials)")
-    p.add_argument("--stride", type=positive_int, default=None, help="tokens between windows (default window)")
-    p.add_argument("--no-bos", dest="bos", action="store_false", default=None,
-                   help="do not prepend BOS ([CLS]) to each window")
+    p.add_argument("--stride", type=positive_int, default=None,
+                   help="tokens between windows (default: --window, no overlap)")
+    if bos is False:  # SYSIF's windows: BOS is off unless asked
+        p.add_argument("--bos", dest="bos", action="store_true", default=False,
+                       help="prepend BOS to each window (default: no BOS)")
+    else:
+        p.add_argument("--no-bos", dest="bos", action="store_false", default=None,
+                       help="do not prepend BOS ([CLS]) to each window (default: BOS on)")
     p.add_argument("--batch-size", type=positive_int, default=8, help="windows per forward pass (default 8)")
     p.add_argument("--out", type=Path, default=Path("out"), help="output folder (default out/)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or loader messages")
 
 
 def check_out(out: Path) -> None:

@@ -19,7 +19,8 @@ def register(sub) -> None:
     p.add_argument("--model", default=None,
                    help="the model the AMAP was built with (default: the name in its metadata)")
     p.add_argument("--device", default="cpu", help="device to load the model on (default cpu)")
-    p.add_argument("--mode", default="input", choices=["input", "output"])
+    p.add_argument("--mode", default="input", choices=["input", "output"],
+                   help="which AMAP mode's columns to pool")
     p.add_argument("--layers", type=int_list, default=None, help="e.g. 0,3 (default: all in the AMAP)")
     p.add_argument("--no-prefix-space", action="store_true",
                    help="tokenize lemmas without a leading space (default: ' lemma')")
@@ -27,7 +28,7 @@ def register(sub) -> None:
     p.add_argument("--tsne-points", type=positive_int, default=1500, help="points per t-SNE (default 1500)")
     p.add_argument("--permutations", type=positive_int, default=1000, help="label shufflings (default 1000)")
     p.add_argument("--top", type=positive_int, default=5, help="labels coloured in the t-SNE (default 5)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of t-SNE and the shufflings")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: --amap)")
     p.set_defaults(func=main)
 
