@@ -3,12 +3,10 @@ and max-activating contexts (tokens shaded by the unit's activation)."""
 
 from __future__ import annotations
 
-import html
-
 import plotly.graph_objects as go
 
 from workbench.views.html import Section, table_html
-from workbench.views.tokens import html_label, html_running, short
+from workbench.views.tokens import html_label, html_label_short, html_running
 
 
 def coverage_figure(result) -> go.Figure:
@@ -56,7 +54,7 @@ def top_tokens_figure(result, mode: str = "input", k: int = 8, min_count: int = 
     for layer, neuron in units:
         top = result.top_tokens(layer, neuron, mode, k, min_count)
         z.append([t["mean"] for t in top] + [None] * (k - len(top)))
-        text.append([html.escape(short(t["token"], 10)) for t in top] + [""] * (k - len(top)))
+        text.append([html_label_short(t["token"], 10) for t in top] + [""] * (k - len(top)))
     fig = go.Figure(go.Heatmap(z=z, text=text, texttemplate="%{text}", colorscale="Viridis",
                                x=[str(j + 1) for j in range(k)],
                                y=[f"{layer}_{neuron}" for layer, neuron in units],

@@ -20,7 +20,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from workbench.views.html import Section, json_for_script
-from workbench.views.tokens import html_label, label, short
+from workbench.views.tokens import html_label, html_label_short, label
 
 _ids = itertools.count()
 
@@ -51,7 +51,7 @@ def head_view_html(result, include_script: bool = True) -> str:
 
 
 def _labels(result) -> list[str]:
-    return [f"{i}:{html.escape(short(t, 20))}" for i, t in enumerate(result.token_strs)]
+    return [f"{i}:{html_label_short(t, 20)}" for i, t in enumerate(result.token_strs)]
 
 
 def model_view(result, max_positions: int = 128) -> go.Figure:

@@ -72,6 +72,8 @@ def wide(fig: go.Figure, n_columns: int, cell_px: int, margin_px: int = 200,
     if div_id:
         meta["wb_id"] = div_id
     fig.update_layout(width=width, autosize=False, meta=meta)
+    if meta["wb_scroll"]:  # a centred title would sit out of view, far to the right
+        fig.update_layout(title_x=0.005, title_xanchor="left")
     return fig
 
 

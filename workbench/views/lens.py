@@ -7,7 +7,6 @@ tokens sit on numeric axes with token tick labels, so repeated tokens keep their
 
 from __future__ import annotations
 
-import html
 import itertools
 
 import plotly.graph_objects as go
@@ -15,7 +14,7 @@ import torch
 from plotly.subplots import make_subplots
 
 from workbench.views.html import Section, json_for_script, table_html, wide
-from workbench.views.tokens import html_label, position_ticks, short
+from workbench.views.tokens import html_label, html_label_short, position_ticks
 
 MAX_LABELLED = 1000  # positions with a label and cell text each; beyond, labels are thinned
 
@@ -191,9 +190,10 @@ def top1_grid_figure(result, colour: str = "probability", div_id: str | None = N
     L, P = result.topk_ids.shape[:2]
     ids = result.topk_ids.tolist()
     probs = result.topk_probs.float().tolist()
-    k = min(HOVER_TOPK, result.topk_ids.shape[2])
+    # top-5 on hover (top-3 past 300 positions: the page stays small); a click shows all k
+    k = min(HOVER_TOPK if P <= 300 else 3, result.topk_ids.shape[2])
     inputs = [visible(result.label(t)) for t in result.tokens.tolist()]
-    cell = [[html.escape(short(result.label(ids[li][p][0]))) for p in range(P)] for li in range(L)]
+    cell = [[html_label_short(result.label(ids[li][p][0])) for p in range(P)] for li in range(L)]
     rank = result.ranks.tolist()
     hover = [[f"position {p}: input {inputs[p]}" for p in range(P)]]
     for li in range(L):
@@ -209,7 +209,7 @@ def top1_grid_figure(result, colour: str = "probability", div_id: str | None = N
     colours = _grid_colours(result)
     first = colours[colour]
     rows = ["input", *result.layer_labels]
-    cell = [[html.escape(short(result.label(t))) for t in result.tokens.tolist()], *cell]
+    cell = [[html_label_short(result.label(t)) for t in result.tokens.tolist()], *cell]
     fig = go.Figure(go.Heatmap(
         z=first["z"], x=list(range(P)), y=rows, text=cell, texttemplate="%{text}",
         textfont={"size": 10}, hovertext=hover, hoverinfo="text", colorscale=first["colorscale"],

@@ -27,8 +27,8 @@ def tsne_figure(result, layer_pos: int, kind: str = "domain", top: int = 5) -> g
         background = name in ("(none)", "other")
         fig.add_scatter(
             x=emb[pts, 0].tolist(), y=emb[pts, 1].tolist(), mode="markers", name=name,
-            text=[f"{html.escape(result.rows[idx[p]]['lemma'])}<br>"
-                  f"{html.escape(result.rows[idx[p]]['synset'])}"
+            text=[f"{html.escape(result.rows[idx[p]]['lemma'], quote=False)}<br>"
+                  f"{html.escape(result.rows[idx[p]]['synset'], quote=False)}"
                   for p in pts],
             hoverinfo="text+name",
             marker={"size": 4 if background else 6, **({"color": GREY} if background else {})},

@@ -51,17 +51,23 @@ def running(text: str) -> str:
 
 
 def html_label(text: str) -> str:
-    return html.escape(label(text))
+    """``label`` escaped for HTML and plotly (quotes kept: plotly shows ``&quot;`` literally)."""
+    return html.escape(label(text), quote=False)
 
 
 def html_running(text: str) -> str:
-    return html.escape(running(text)) or "&#8203;"
+    return html.escape(running(text), quote=False) or "&#8203;"
 
 
 def short(text: str, width: int = 6) -> str:
     """``label`` cut to ``width`` characters (``…`` marks the cut), for fixed-width cells."""
     shown = label(text)
     return shown if len(shown) <= width else shown[: width - 1] + "…"
+
+
+def html_label_short(text: str, width: int = 6) -> str:
+    """``short`` escaped for HTML and plotly."""
+    return html.escape(short(text, width), quote=False)
 
 
 def decode_each(tokenizer, ids) -> list[str]:
