@@ -28,6 +28,7 @@ from workbench.data import Windows
 from workbench.errors import WorkbenchError
 from workbench.kernels.amap import SUM_DTYPES, Amap, check_fits, estimate_bytes
 from workbench.kernels.top_windows import TopWindows
+from workbench.results import ResultMixin
 
 ARTIFACT = "amap.safetensors"
 CONTEXTS = "amap_contexts.json"
@@ -38,8 +39,8 @@ class BuildInterrupted(WorkbenchError):
     """The build stopped early on purpose (``max_batches``); a checkpoint may be resumed."""
 
 
-@dataclass
-class AmapResult:
+@dataclass(repr=False)
+class AmapResult(ResultMixin):
     """The accumulators of a build, the labels of their keys, and the build's settings."""
 
     amap: Amap
@@ -106,6 +107,24 @@ class AmapResult:
         if self.top is not None:
             out |= {f"top.{k}": v for k, v in self.top.state_dict().items()}
         return out
+
+    def summary(self) -> dict:
+        """Key numbers: modes, layers, windows, distinct keys seen, dead units per layer."""
+        m = self.modes[0]
+        return {"modes": list(self.modes), "layers": list(self.layers),
+                "windows": self.n_windows, "d_mlp": self.amap.d_mlp,
+                "keys_seen": int((self.counts(m)[: self.amap.d_vocab] > 0).sum()),
+                "positions": int(self.counts(m)[: self.amap.d_vocab].sum()),
+                "dead_units_by_layer": [int(x) for x in self.dead_units().sum(-1)],
+                "invariants_hold": all(self.invariants.values()) if self.invariants else None}
+
+    def to_frame(self, modes=None, layers=None, tokens=None, top: int | None = 50):
+        """SYSIF's DataFrame (``amap_export.to_dataframe``): a row per unit and mode, a column
+        per token; by default the 50 most frequent input tokens (``top=None``: all of them)."""
+        from workbench.analyses.amap_export import to_dataframe
+
+        return to_dataframe(self, modes=modes, layers=layers, tokens=tokens,
+                            top=None if tokens is not None else top)
 
     def figures(self) -> dict:
         from workbench.views import amap as view

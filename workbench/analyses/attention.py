@@ -26,6 +26,7 @@ from torch import Tensor
 from workbench import artifacts, capture
 from workbench.data import Windows
 from workbench.errors import WorkbenchError
+from workbench.results import ResultMixin
 
 ARTIFACT = "attention.safetensors"
 
@@ -45,8 +46,8 @@ class NeuronView:
     max_abs_diff: float  # |softmax(scores) − pattern| at this query, max over heads and keys
 
 
-@dataclass
-class AttentionResult:
+@dataclass(repr=False)
+class AttentionResult(ResultMixin):
     tokens: Int[Tensor, " pos"]
     token_type_ids: Int[Tensor, " pos"]  # 0 everywhere, 1 on sentence B of a pair
     patterns: Float[Tensor, "layer head query key"]
@@ -77,6 +78,19 @@ class AttentionResult:
             "neuron_view": {"layer": self.neuron.layer, "query": self.neuron.query,
                             "max_abs_diff_vs_pattern": self.neuron.max_abs_diff},
         }
+
+    def to_frame(self):
+        """One row per (layer, head): mean attention entropy over queries (nats) and the mean
+        attention on position 0 (a BOS sink)."""
+        import pandas as pd
+
+        p = self.patterns.double()
+        entropy = -(p.clamp_min(1e-30).log() * p).sum(-1).mean(-1)
+        sink = p[..., 0].mean(-1)
+        rows = [{"layer": layer, "head": h, "entropy": float(entropy[layer, h]),
+                 "attention_to_first": float(sink[layer, h])}
+                for layer in range(self.n_layers) for h in range(self.n_heads)]
+        return pd.DataFrame(rows).set_index(["layer", "head"])
 
     def tensors(self) -> dict[str, Tensor]:
         n = self.neuron

@@ -29,13 +29,14 @@ from workbench.kernels.dimstats import DimStats
 from workbench.kernels.histogram import Histogram, linear_edges, symlog_edges
 from workbench.kernels.moments import Moments
 from workbench.kernels.sample import BottomK, permute_ids
+from workbench.results import ResultMixin
 from workbench.sharding import local_part, shard_metadata
 
 ARTIFACT = "distributions.safetensors"
 
 
-@dataclass
-class DistributionsResult:
+@dataclass(repr=False)
+class DistributionsResult(ResultMixin):
     """Tensors of one distributions pass (all on CPU) and the settings that produced them."""
 
     labels: list[str]
@@ -75,6 +76,24 @@ class DistributionsResult:
             "sample_values": self.sample_values, "sample_ids": self.sample_ids,
             **self.states,
         }
+
+    def summary(self) -> dict:
+        """Key numbers: hidden states, samples, spread, R² first → last, values out of range."""
+        return {"layers": list(self.labels), "samples_per_layer": int(self.n_samples[0]),
+                "std_by_layer": [round(float(x), 4) for x in self.std],
+                "r2_first_last": round(float(self.r2[0, -1]), 4),
+                "out_of_range": int(self.hist_under.sum() + self.hist_over.sum()),
+                "edges": self.settings.get("edges", "fixed")}
+
+    def to_frame(self):
+        """One row per hidden state: count, mean, std, largest |dimension mean|, tails."""
+        import pandas as pd
+
+        return pd.DataFrame({
+            "n": self.n_samples.tolist(), "mean": self.mean.tolist(), "std": self.std.tolist(),
+            "max_abs_dim": self.dim_maxabs.max(-1).values.tolist(),
+            "under": self.hist_under.tolist(), "over": self.hist_over.tolist(),
+            "nan": self.hist_nan.tolist()}, index=pd.Index(self.labels, name="layer"))
 
     def figures(self) -> dict:
         from workbench.views.distributions import figures

@@ -36,6 +36,7 @@ from workbench import artifacts, capture
 from workbench.data import Windows
 from workbench.errors import WorkbenchError
 from workbench.kernels.nmf import activation_matrix, nmf
+from workbench.results import ResultMixin
 
 ARTIFACT = "factors.safetensors"
 SIGNED = ("auto", "clip", "split")
@@ -55,8 +56,8 @@ def resolve_signed(model, signed: str) -> str:
     return signed
 
 
-@dataclass
-class FactorsResult:
+@dataclass(repr=False)
+class FactorsResult(ResultMixin):
     tokens: Int[Tensor, " pos"]
     token_strs: list[str]
     factors: Float[Tensor, "k pos"]
@@ -124,6 +125,19 @@ class FactorsResult:
             "peak_token_per_factor": [self.token_strs[int(i)] for i in self.factors.argmax(-1)],
             "main_layer_per_factor": [self.layers[int(i)] for i in share.argmax(-1)],
         }
+
+    def to_frame(self):
+        """One row per factor: its peak position and token, strength, and main layer."""
+        import pandas as pd
+
+        share = self.layer_share()
+        peak = self.factors.argmax(-1)
+        rows = [{"factor": f, "peak_position": int(peak[f]),
+                 "peak_token": self.token_strs[int(peak[f])],
+                 "peak_strength": float(self.factors[f].max()),
+                 "main_layer": self.layers[int(share[f].argmax())],
+                 "main_layer_share": float(share[f].max())} for f in range(self.n_components)]
+        return pd.DataFrame(rows).set_index("factor")
 
     def tensors(self) -> dict[str, Tensor]:
         out = {"tokens": self.tokens, "factors": self.factors, "loadings": self.loadings,

@@ -39,6 +39,7 @@ from workbench.kernels.lens import (
     target_ranks,
 )
 from workbench.kernels.lens_stats import LensStats
+from workbench.results import ResultMixin
 
 ARTIFACT = "lens.safetensors"
 
@@ -53,8 +54,8 @@ class Rankings:
     positions: list[int]
 
 
-@dataclass
-class LensResult:
+@dataclass(repr=False)
+class LensResult(ResultMixin):
     """Per-text lens read-outs of the first window, plus dataset aggregates over all windows."""
 
     tokens: Int[Tensor, " pos"]
@@ -205,6 +206,25 @@ class LensResult:
             out["window_watch_ranks"] = self.window_watch_ranks
         out |= {f"dataset.{k}": v for k, v in self.dataset.items()}
         return {k: v.detach().cpu().clone() for k, v in out.items()}
+
+    def summary(self) -> dict:
+        """Key numbers: mode, sizes, and per layer the top-1 agreement with the final layer."""
+        d = self.dataset
+        return {"mode": self.mode, "positions": self.n_positions, "windows": self.n_windows,
+                "layers": list(self.layer_labels), "k": self.k,
+                "dataset_positions": int(d["n_positions"]),
+                "top1_agreement_by_layer": [round(float(x), 4) for x in d["top1_agreement"]],
+                "top1_accuracy_by_layer": [round(float(x), 4) for x in d["top1_accuracy"]],
+                "watch": None if self.watch_ids is None else
+                [self.label(i) for i in self.watch_ids.tolist()]}
+
+    def to_frame(self):
+        """One row per lens: agreement, accuracy, mean ln rank, KL and entropy over the data."""
+        import pandas as pd
+
+        from workbench.views.lens import summary_rows
+
+        return pd.DataFrame(summary_rows(self)).set_index("layer")
 
     def figures(self, position: int | None = None) -> dict:
         from workbench.views import lens as view

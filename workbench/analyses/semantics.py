@@ -34,6 +34,7 @@ from workbench import artifacts
 from workbench.analyses.amap import AmapResult
 from workbench.errors import WorkbenchError
 from workbench.kernels.permutation import permutation_test
+from workbench.results import ResultMixin
 
 ARTIFACT = "semantics.safetensors"
 LABELS = ("domain", "pos", "lexname")
@@ -126,8 +127,8 @@ def standardise(x: Float[Tensor, "n d"]) -> Float[Tensor, "n d"]:
     return torch.where(sd > 0, (x - mu) / sd.clamp_min(1e-12), torch.zeros_like(x))
 
 
-@dataclass
-class SemanticsResult:
+@dataclass(repr=False)
+class SemanticsResult(ResultMixin):
     rows: list[dict]  # the kept lemmas (sample): lemma, synset, pos, lexname, domain
     vectors: Float[Tensor, "layer lemma mlp"]
     layers: list[int]
@@ -144,6 +145,20 @@ class SemanticsResult:
             return values
         common = {v for v, _ in Counter(v for v in values if v != "(none)").most_common(top)}
         return [v if v in common or v == "(none)" else "other" for v in values]
+
+    def summary(self) -> dict:
+        """Key numbers: lemmas kept, layers, and the smallest p-value per label kind."""
+        best = {}
+        for t in self.tests:
+            best[t["label"]] = min(best.get(t["label"], 1.0), t["p_value"])
+        return {"lemmas": dict(self.counts), "layers": list(self.layers),
+                "tests": len(self.tests), "min_p_by_label": best}
+
+    def to_frame(self):
+        """One row per (layer, label) permutation test."""
+        import pandas as pd
+
+        return pd.DataFrame(self.tests).set_index(["layer", "label"])
 
     def tensors(self) -> dict[str, Tensor]:
         return {"vectors": self.vectors, "tsne": self.tsne, "tsne_index": self.tsne_index,
