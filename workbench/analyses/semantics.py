@@ -193,12 +193,16 @@ def analyze(
     n_permutations: int = 1000,
     seed: int = 0,
     table: list[dict] | None = None,
+    progress: bool = True,
 ) -> SemanticsResult:
     """Lemma AMAPs, t-SNE and permutation tests (see the module docstring).
 
     ``max_lemmas`` caps each test's sample (the domain test samples among lemmas that have a
     domain); ``table`` replaces WordNet's lemma table (rows as ``lemma_table`` returns).
+    ``progress``: a bar over the layers (a t-SNE and three permutation tests each).
     """
+    from tqdm.auto import tqdm
+
     check_same_model(model, amap)
     layers = list(amap.layers if layers is None else layers)
     rows_all = lemma_table() if table is None else table
@@ -223,10 +227,16 @@ def analyze(
     rows = [rows_all[i] for i in chosen]
     tsne_index = torch.tensor(_sample(list(range(len(chosen))), tsne_points, g), dtype=torch.long)
     tests, embeds = [], []
+    bar = tqdm(total=len(layers) * (1 + len(LABELS)), desc="semantics", unit="step",
+               disable=not progress, dynamic_ncols=True, leave=False)
     for li, layer in enumerate(layers):
         x = standardise(vectors[li])
+        bar.set_postfix_str(f"layer {layer} t-SNE")
         embeds.append(tsne(x[tsne_index], seed, tsne_iterations))
+        bar.update(1)
         for kind in LABELS:
+            bar.set_postfix_str(f"layer {layer} {kind} test")
+            bar.update(1)
             idx = [where[i] for i in (with_domain if kind == "domain" else general)]
             names = [rows[j][kind] for j in idx]
             codes = {v: c for c, v in enumerate(sorted(set(names)))}
@@ -235,6 +245,7 @@ def analyze(
                 continue
             r = permutation_test(x[idx], labels, n_permutations, seed)
             tests.append({"layer": layer, "label": kind, **r.as_dict()})
+    bar.close()
     counts_info = {"lemmas": len(rows_all), "dropped_unseen": len(rows_all) - len(kept),
                    "kept": len(kept), "sampled": len(chosen), "general_sample": len(general),
                    "domain_sample": len(with_domain)}

@@ -30,6 +30,7 @@ def register(sub) -> None:
     p.add_argument("--top", type=positive_int, default=5, help="labels coloured in the t-SNE (default 5)")
     p.add_argument("--seed", type=int, default=0, help="seed of t-SNE and the shufflings")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: --amap)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=main)
 
 
@@ -51,7 +52,7 @@ def main(args) -> int:
     layers = args.layers
     result = analyze(model, amap, mode=args.mode, prefix="" if args.no_prefix_space else " ",
                      layers=layers, max_lemmas=args.max_lemmas, tsne_points=args.tsne_points,
-                     n_permutations=args.permutations, seed=args.seed)
+                     n_permutations=args.permutations, seed=args.seed, progress=not args.quiet)
     out = args.out or args.amap
     path = result.save(out)
     header = {"model": model.cfg.model_name, "amap": str(args.amap), "mode": args.mode,
@@ -59,7 +60,10 @@ def main(args) -> int:
     html = Page("WordNet semantics of an AMAP", header).add(section(result, args.top))
     html_path = html.write(out / "semantics.html")
     for t in result.tests:
+        floor = 1 / (args.permutations + 1)  # (1 + hits) / (1 + n): the smallest p there is
+        p = f"p<1/{args.permutations + 1}" if t["p_value"] <= floor * (1 + 1e-9) \
+            else f"p={t['p_value']:.4f}"
         print(f"layer {t['layer']} {t['label']:8s} T={t['statistic']:+.4f} "
-              f"p={t['p_value']:.4f} effect={t['effect_size']:+.2f} (n={t['n_items']})")
+              f"{p} effect={t['effect_size']:+.2f} (n={t['n_items']})")
     print(f"wrote {path} and {html_path}")
     return 0
