@@ -222,7 +222,9 @@ def top1_grid_figure(result, colour: str = "probability", div_id: str | None = N
     fig.update_layout(
         title={"text": f"Top-1 prediction of every layer at every position ({result.mode} lens)",
                "x": 0.005, "xanchor": "left", "y": 0.985, "yanchor": "top"},
-        xaxis={"title": "position", **position_ticks(cell[0])},
+        # numbered columns: the tokens are in the grid's own input row
+        xaxis={"title": "position", "tickmode": "linear", "tick0": 0,
+               "dtick": 1 if P <= 30 else 5 if P <= 150 else 10 if P <= 1200 else 50},
         yaxis=_layer_axis(rows),
         height=max(340, 26 * (L + 1) + 230),
         updatemenus=[{"type": "buttons", "direction": "right", "buttons": buttons, "x": 0,
