@@ -40,6 +40,8 @@ class Entry:
     windows: Callable[[object, Windows, dict | None], Windows] | None = None
     # Why this analysis cannot run on this model here (None: it can); the report says so.
     skip: Callable[[object, dict], str | None] | None = None
+    # Extra files beside the artifact (model, windows, result, out_dir) → keywords of its section.
+    extras: Callable[[object, Windows, object, Path, bool], dict] | None = None
 
 
 def _first_len(windows: Windows) -> int:
@@ -86,6 +88,16 @@ def _amap_skip(model, options: dict) -> str | None:
             "one for a few layers")
 
 
+def _amap_pages(model, windows: Windows, result, out_dir: Path, progress: bool) -> dict:
+    """Neuron pages of the units the AMAP section shows, in ``pages/`` beside the report."""
+    from workbench.analyses.neuron_pages import unit_pages, write_pages
+    from workbench.views.amap import chosen_units
+
+    pages = unit_pages(model, windows, result, chosen_units(result), progress=progress)
+    write_pages(pages, out_dir / "pages", {"model": model.cfg.model_name})
+    return {"pages_dir": "pages"}
+
+
 def _from_summary(result) -> dict:
     return result.summary()
 
@@ -128,7 +140,8 @@ REGISTRY: list[Entry] = [
     Entry("attention", _attention_options, _from_summary),
     Entry("factors", _factors_options, _from_summary),
     # Input-token AMAP of this text only (the corpus-scale build is `workbench amap build`).
-    Entry("amap", lambda m, w: {"modes": ("input",)}, _amap_numbers, _amap_windows, _amap_skip),
+    Entry("amap", lambda m, w: {"modes": ("input",)}, _amap_numbers, _amap_windows, _amap_skip,
+          _amap_pages),
 ]
 
 
@@ -191,7 +204,8 @@ def run_all(model, windows: Windows, out_dir: str | Path, *, batch_size: int = 8
         t1 = time.perf_counter()
         artifact = result.save(out_dir)
         t2 = time.perf_counter()
-        sections.append(view.section(result))
+        extra = entry.extras(model, own, result, out_dir, progress) if entry.extras else {}
+        sections.append(view.section(result, **extra))
         t3 = time.perf_counter()
         analyses[entry.name] = {
             "status": "ok", "artifact": Path(artifact).name,

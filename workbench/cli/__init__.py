@@ -35,6 +35,7 @@ EXAMPLES = {
     "workbench amap merge": "workbench amap merge out/amap-0 out/amap-1 --out out/amap",
     "workbench amap export": "workbench amap export out/amap --layers 0 --tokens \" the\" \" cat\"",
     "workbench amap contexts": "workbench amap contexts out/amap --unit 1_17 --top 3",
+    "workbench amap pages": "workbench amap pages out/amap --unit 1_17 --unit 0_3",
     "workbench semantics": "workbench semantics --amap out/amap --permutations 200",
 }
 

@@ -10,7 +10,7 @@ from workbench.cli.common import add_input_args, int_list, nonneg_int, positive_
 
 def register(sub) -> None:
     p = sub.add_parser("amap", help="neuron activation maps (AMAPs): build, merge, export, "
-                       "contexts",
+                       "contexts, pages",
                        description="Mean MLP activation of every neuron per token (input token, "
                        "or the model's argmax prediction), over a dataset in windows.")
     cmds = p.add_subparsers(dest="amap_command", metavar="ACTION", required=True)
@@ -67,6 +67,31 @@ def register(sub) -> None:
     c.add_argument("--top", type=positive_int, default=None, help="windows per unit (default: all kept)")
     c.add_argument("--json", type=Path, default=None, metavar="OUT",
                    help="also write the contexts as JSON (amap_contexts.json's layout)")
+    _add_rebuild_args(c)
+    c.set_defaults(func=contexts_main)
+
+    g = cmds.add_parser("pages", help="a page per unit: histogram, contexts, top tokens, output "
+                        "effect",
+                        description="For each --unit, one HTML page in --out: the unit's "
+                        "activation histogram over the AMAP's data (one pass of the model), its "
+                        "max-activating contexts shaded token by token, its top tokens by mean "
+                        "activation with counts, and its direct effect on the logits "
+                        "(W_out[neuron] · W_U); index.html links them.")
+    g.add_argument("amap", type=Path, help="an AMAP folder")
+    g.add_argument("--unit", action="append", required=True, metavar="L_N",
+                   help="unit LAYER_NEURON, e.g. 1_17 (repeat, or 1_17,0_3)")
+    g.add_argument("--out", type=Path, default=None, help="output folder (default: AMAP/pages)")
+    g.add_argument("--mode", default="input", choices=["input", "output"],
+                   help="AMAP mode of the top-tokens table")
+    g.add_argument("--min-count", type=positive_int, default=1,
+                   help="top tokens: only tokens seen at least this often")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_rebuild_args(g)
+    g.set_defaults(func=pages_main)
+
+
+def _add_rebuild_args(c) -> None:
+    """Flags naming the model and data an AMAP was built on (read back from its metadata)."""
     c.add_argument("--model", default=None, help="default: the model named in the metadata")
     c.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
     c.add_argument("--dtype", default=None, help="the build's --dtype, if it gave one")
@@ -78,7 +103,6 @@ def register(sub) -> None:
     c.add_argument("--field", default=None, help="the build's --field")
     c.add_argument("--limit", type=positive_int, default=None,
                    help="the build's --limit (default: the documents the build read)")
-    c.set_defaults(func=contexts_main)
 
 
 def build_main(args) -> int:
@@ -166,11 +190,9 @@ def export_main(args) -> int:
 def contexts_main(args) -> int:
     from workbench.analyses.amap import load
     from workbench.analyses.amap_contexts import parse_unit, read_contexts
-    from workbench.artifacts import weights_hash, write_json
+    from workbench.artifacts import write_json
     from workbench.cli.common import preflight
-    from workbench.data import rebuild_windows
     from workbench.errors import WorkbenchError
-    from workbench.models import load_model
 
     preflight(argparse.Namespace(device=args.device, dtype=args.dtype, file=args.file,
                                  field=args.field, out=None if args.json is None else args.json.parent))
@@ -184,6 +206,24 @@ def contexts_main(args) -> int:
     if result.top is None:
         raise WorkbenchError(f"{args.amap} holds no max-activating windows (a merge of AMAPs of "
                              "different data drops them); read contexts from a single build")
+    model, windows = _model_and_windows(args, result)
+    contexts = read_contexts(model, windows, result, units=units, batch_size=args.batch_size)
+    if args.top is not None:
+        contexts = [{**c, "windows": c["windows"][: args.top]} for c in contexts]
+    for c in contexts:
+        print(format_unit(c))
+    if args.json is not None:
+        print(f"wrote {write_json(args.json, contexts)}")
+    return 0
+
+
+def _model_and_windows(args, result):
+    """The model and windows an AMAP was built on, checked against its weights and data hash."""
+    from workbench.artifacts import weights_hash
+    from workbench.data import rebuild_windows
+    from workbench.errors import WorkbenchError
+    from workbench.models import load_model
+
     name = args.model or result.meta.get("model")
     processed = result.meta.get("weight_processing") not in (None, "none", "unknown")
     model = load_model(name, device=args.device, dtype=args.dtype or result.meta.get("dtype"),
@@ -195,13 +235,29 @@ def contexts_main(args) -> int:
             "--model and --dtype")
     windows = rebuild_windows(model, result.meta.get("data", {}), text=args.text, file=args.file,
                               dataset=args.dataset, field=args.field, limit=args.limit)
-    contexts = read_contexts(model, windows, result, units=units, batch_size=args.batch_size)
-    if args.top is not None:
-        contexts = [{**c, "windows": c["windows"][: args.top]} for c in contexts]
-    for c in contexts:
-        print(format_unit(c))
-    if args.json is not None:
-        print(f"wrote {write_json(args.json, contexts)}")
+    return model, windows
+
+
+def pages_main(args) -> int:
+    from workbench.analyses.amap import load
+    from workbench.analyses.amap_contexts import _check_units, parse_unit
+    from workbench.analyses.neuron_pages import unit_pages, write_pages
+    from workbench.cli.common import preflight
+
+    out = args.out or args.amap / "pages"
+    preflight(argparse.Namespace(device=args.device, dtype=args.dtype, file=args.file,
+                                 field=args.field, out=out, quiet=args.quiet))
+    result = load(args.amap)
+    result._mode(args.mode)
+    units = _check_units(result, [parse_unit(u) for text in args.unit
+                                  for u in text.split(",") if u.strip()])  # before the model
+    model, windows = _model_and_windows(args, result)
+    pages = unit_pages(model, windows, result, units, mode=args.mode, min_count=args.min_count,
+                       batch_size=args.batch_size, progress=not args.quiet)
+    header = {"model": result.meta.get("model"), "AMAP": str(args.amap),
+              "data": (result.meta.get("data") or {}).get("source", "merged")}
+    paths = write_pages(pages, out, header)
+    print(f"wrote {len(pages)} neuron page(s) and {paths[-1]}")
     return 0
 
 

@@ -114,13 +114,28 @@ def figures(result) -> dict[str, go.Figure]:
     return out
 
 
-def section(result) -> Section:
+def pages_html(result, pages_dir: str | None) -> str:
+    """Links to the neuron pages written beside the report, or how to write them."""
+    if pages_dir:
+        from workbench.analyses.neuron_pages import page_name
+
+        units = [f"{layer}_{neuron}" for layer, neuron in chosen_units(result)]
+        links = " · ".join(f"<a href='{pages_dir}/{page_name(u)}'>unit {u}</a>" for u in units)
+        return (f"<p class='note'>Neuron pages (histogram over the data, contexts, top tokens, "
+                f"direct effect on the output): {links} · <a href='{pages_dir}/index.html'>all</a>"
+                "</p>")
+    return ("<p class='note'>A page for any unit (histogram over the data, contexts, top tokens, "
+            "direct effect on the output): <code>workbench amap pages DIR --unit L_N</code>.</p>")
+
+
+def section(result, pages_dir: str | None = None) -> Section:
     inv = [{"check": k, "holds": "yes" if v else "NO"} for k, v in result.invariants.items()]
     dead = result.dead_units()
     summary = [{"layer": layer, "units": int(dead.shape[1]), "dead": int(dead[row].sum())}
                for row, layer in enumerate(result.layers)]
     items = list(figures(result).values())
-    items += [table_html(summary), table_html(inv), contexts_html(result)]
+    items += [table_html(summary), table_html(inv), pages_html(result, pages_dir),
+              contexts_html(result)]
     return Section(
         "Neuron AMAPs", items,
         note="An AMAP cell is a unit's mean activation over every position whose key is that "
