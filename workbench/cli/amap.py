@@ -61,9 +61,7 @@ def register(sub) -> None:
                         "re-runs each unit's max-activating windows and prints the unit's "
                         "activation at every token (the peak marked). A --text or --file build "
                         "needs the same --text/--file flag again.")
-    c.add_argument("amap", type=Path, help="an AMAP folder")
-    c.add_argument("--unit", action="append", required=True, metavar="L_N",
-                   help="unit LAYER_NEURON, e.g. 1_17 (repeat, or 1_17,0_3)")
+    _add_unit_args(c)
     c.add_argument("--top", type=positive_int, default=None, help="windows per unit (default: all kept)")
     c.add_argument("--json", type=Path, default=None, metavar="OUT",
                    help="also write the contexts as JSON (amap_contexts.json's layout)")
@@ -77,9 +75,7 @@ def register(sub) -> None:
                         "max-activating contexts shaded token by token, its top tokens by mean "
                         "activation with counts, and its direct effect on the logits "
                         "(W_out[neuron] · W_U); index.html links them.")
-    g.add_argument("amap", type=Path, help="an AMAP folder")
-    g.add_argument("--unit", action="append", required=True, metavar="L_N",
-                   help="unit LAYER_NEURON, e.g. 1_17 (repeat, or 1_17,0_3)")
+    _add_unit_args(g)
     g.add_argument("--out", type=Path, default=None, help="output folder (default: AMAP/pages)")
     g.add_argument("--mode", default="input", choices=["input", "output"],
                    help="AMAP mode of the top-tokens table")
@@ -88,6 +84,12 @@ def register(sub) -> None:
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_rebuild_args(g)
     g.set_defaults(func=pages_main)
+
+
+def _add_unit_args(c) -> None:
+    c.add_argument("amap", type=Path, help="an AMAP folder")
+    c.add_argument("--unit", action="append", required=True, metavar="L_N",
+                   help="unit LAYER_NEURON, e.g. 1_17 (repeat, or 1_17,0_3)")
 
 
 def _add_rebuild_args(c) -> None:
