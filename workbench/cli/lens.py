@@ -33,16 +33,20 @@ def register(sub) -> None:
 def main(args) -> int:
     from workbench.analyses.lens import analyze
     from workbench.cli.common import load_inputs
+    from workbench.errors import WorkbenchError
     from workbench.views.html import Page
     from workbench.views.lens import section
 
     watch = [*(args.watch or []), *(args.watch_ids or [])] or None
     model, windows = load_inputs(args)
+    if args.position is not None:  # checked before the lens runs, not after
+        n = int(windows.mask[0].sum()) + args.generate
+        if not -n <= args.position < n:
+            raise WorkbenchError(f"--position {args.position} is outside the text's {n} positions "
+                                 f"(window 0); use 0..{n - 1} (or negative from the end)")
     result = analyze(model, windows, batch_size=args.batch_size, progress=not args.quiet,
                      mode=args.mode, k=args.k, watch=watch, generate=args.generate,
                      budget_bytes=int(args.budget_mib * 2**20))
-    if args.position is not None:
-        result._position(args.position)  # a clear error before anything is written
     artifact = result.save(args.out)
     header = {"model": model.cfg.model_name, "input": windows.source, "mode": args.mode,
               "windows": len(windows), "positions": int(result.dataset["n_positions"])}
