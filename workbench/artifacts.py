@@ -158,16 +158,20 @@ def read_header(path: str | Path, todo: str = _REBUILD) -> dict:
     try:
         with path.open("rb") as f:
             head = f.read(8)
-            if head[:1] == b"\x80" or head[:2] == b"PK":
+            n = int.from_bytes(head, "little") if len(head) == 8 else -1
+            plausible = 2 <= n <= min(MAX_HEADER_BYTES, size - 8)
+            raw = f.read(n) if plausible else b""
+            # A real header length may begin with byte 0x80 or "PK": a pickle or a torch.save zip
+            # is named only when the bytes are no safetensors header.
+            if not raw.startswith(b"{") and (head[:1] == b"\x80" or head[:2] == b"PK"):
                 raise damaged(path, "is a pickle or torch.save file, not safetensors (the "
                               "workbench never unpickles)", "give an artifact the workbench wrote")
             if len(head) < 8:
-                raise damaged(path, f"is truncated ({size} bytes, shorter than any safetensors file)", todo)
-            n = int.from_bytes(head, "little")
-            if n < 2 or n > MAX_HEADER_BYTES or n > size - 8:
+                raise damaged(path, f"is truncated ({size} bytes, shorter than any safetensors "
+                              "file)", todo)
+            if not plausible:
                 raise damaged(path, f"is not a safetensors file or is truncated (its header "
                               f"claims {n:,} bytes; the file has {size:,})", todo)
-            raw = f.read(n)
     except OSError as exc:
         raise damaged(path, f"cannot be read ({exc.strerror})", "check the file") from None
     try:

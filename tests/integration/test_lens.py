@@ -150,8 +150,9 @@ def test_twelve_layers_are_ordered_numerically():
     assert res.topk_ids[:, 0].tolist() == lens_logits[:, 0].topk(3).indices.tolist()
     for fig in res.figures().values():
         axis = fig.layout.yaxis
-        if axis.categoryarray is not None:
-            assert list(axis.categoryarray) == labels
+        if axis.categoryarray is not None:  # the top-1 grid adds its input row below emb
+            rows = list(axis.categoryarray)
+            assert rows == labels or rows == ["input", *labels]
     assert [r["layer"] for r in res.predictions(0, k=1)] == labels
 
 
@@ -240,7 +241,18 @@ def test_tiny_gloss_lm_lens(tiny_gloss_lm):
 
 def test_figures_keep_one_column_per_position(result):
     figs = result.figures()
-    assert set(figs) == {"topk", "rankings", "watch", "agreement", "rank_hist"}
+    assert set(figs) == {"grid", "topk", "rankings", "watch", "agreement", "rank_hist"}
+    grid = figs["grid"].data[0]
+    # the grid: an input row, then per lens its top-1 token (text) and that token's probability
+    assert list(grid.x) == list(range(result.n_positions))
+    assert grid.z[0] == tuple([None] * result.n_positions) or list(grid.z[0]) == [None] * result.n_positions
+    probs = result.topk_probs[:, :, 0].float()
+    assert torch.allclose(torch.tensor([list(r) for r in grid.z[1:]]), probs, atol=1e-4)
+    from workbench.views.tokens import html_label_short
+
+    for li in range(len(result.layer_labels)):
+        assert list(grid.text[li + 1]) == [html_label_short(result.label(t))
+                                           for t in result.topk_ids[li, :, 0].tolist()]
     heat = figs["rankings"].data[0]
     P = result.n_positions
     # Numeric x: repeated tokens (TEXT has several "e", " ", "t") keep their own columns.
