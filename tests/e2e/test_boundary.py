@@ -42,13 +42,39 @@ def snapshot(folder: Path) -> dict:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def _all_flags() -> set[str]:
+    import argparse
+
+    from workbench.cli import build_parser
+
+    flags, todo = set(), [build_parser()]
+    while todo:
+        parser = todo.pop()
+        for a in parser._actions:
+            flags |= set(a.option_strings)
+            if isinstance(a, argparse._SubParsersAction):
+                todo += list(a.choices.values())
+    return flags
+
+
+FLAGS = _all_flags()
+
+
 def assert_one_line(rc, err, *, names: str | None = None):
+    """Exit 2, one line, no traceback, and every flag the advice names exists (the user's own
+    wrong flag, quoted back after "unrecognized arguments", aside)."""
+    import re
+
     assert rc == 2, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     assert "Traceback" not in err
     if names is not None:
         assert names in err, err
+    advice = re.sub(r"unrecognized arguments: [^;(]*", "", err)
+    advice = re.sub(r"\(for --?[\w-]+\)", "", advice)
+    named = set(re.findall(r"(?<![\w/-])--[a-z][\w-]*", advice))
+    assert named <= FLAGS, f"the message names flags that do not exist: {named - FLAGS}: {err}"
 
 
 @pytest.fixture(scope="module")
@@ -398,3 +424,22 @@ def test_every_option_says_its_default_and_every_command_has_an_example():
     commands = [p.prog for p in walk(build_parser()) if not any(
         isinstance(a, argparse._SubParsersAction) for a in p._actions)]
     assert set(commands) <= set(EXAMPLES), commands
+
+
+def test_run_on_text_with_nothing_to_count_names_real_flags(tmp_path, capsys):
+    """One byte token and no BOS: distributions has no position left after the first; the
+    advice must name flags that exist (it once advised `skip_first=False` to CLI users only)."""
+    rc, _, err = run_cli(capsys, "run", *TINY, "--text", "x", "--no-bos", "--out", tmp_path / "o")
+    assert_one_line(rc, err)
+    assert "--keep-first" in err
+
+
+def test_run_all_without_source_on_a_short_text(random_tiny, tmp_path):
+    """The documented `run_all(model, windows, out)`: a text shorter than the context works
+    without `source=` (the AMAP's 15-token windows are cut from the run's own ids)."""
+    from workbench.data import load_windows
+    from workbench.report import run_all
+
+    summary = run_all(random_tiny, load_windows(random_tiny, text="a short text"), tmp_path,
+                      progress=False)
+    assert all(a["status"] == "ok" for a in summary["analyses"].values())
