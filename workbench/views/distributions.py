@@ -69,7 +69,9 @@ def scatter_by_token(result, layer: int | str = -1) -> go.Figure:
     fig.update_layout(title=f"{result.labels[v]}: activations by token position",
                       yaxis_title="activation", height=380, margin={"t": 50, "b": 40})
     if result.token_labels:
-        fig.update_xaxes(title="token", **position_ticks([html_label(t) for t in result.token_labels]))
+        n = len(result.token_labels)
+        fig.update_xaxes(title="token", range=[-0.5, n - 0.5],
+                         **position_ticks([html_label(t) for t in result.token_labels]))
     else:
         fig.update_xaxes(title="position in window")
     return fig

@@ -91,7 +91,7 @@ def figure_html(fig: go.Figure, anchor: str | None = None) -> str:
 
 def _short_title(fig: go.Figure, i: int) -> str:
     title = _plain(fig.layout.title.text if fig.layout.title and fig.layout.title.text else "")
-    title = title.split(":")[0].split(" (")[0].strip()
+    title = title.split(" (")[0].strip()
     return (title[:38] + "…" if len(title) > 39 else title) or f"figure {i + 1}"
 
 

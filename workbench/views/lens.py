@@ -78,7 +78,8 @@ def _rank_heatmap(ranks: torch.Tensor, layers: list[str], xticks: list[str], tit
     ))
     fig.update_layout(
         title=title, yaxis=_layer_axis(layers),
-        xaxis={"title": xtitle, **position_ticks(xticks, xvals)},
+        # fixed-width columns (34 px): a number every 10 columns still has room
+        xaxis={"title": xtitle, **position_ticks(xticks, xvals, max(20, len(xvals) // 10))},
         height=max(320, 30 * len(layers) + 200),
     )
     return fig

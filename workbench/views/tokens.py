@@ -78,13 +78,15 @@ def decode_each(tokenizer, ids) -> list[str]:
 MAX_TOKEN_TICKS = 150  # beyond this many positions, plotly's tick labels cost seconds each load
 
 
-def position_ticks(labels: list[str], positions: list[int] | None = None) -> dict:
+def position_ticks(labels: list[str], positions: list[int] | None = None,
+                   max_numbers: int = 20) -> dict:
     """A position axis: each token as its tick label (``html_label``-escaped ``labels``) when
-    there are few, else position numbers every 10/50/100 (the tokens are then in the hovers
+    there are few, else position numbers, at most ``max_numbers`` (the tokens are then in the hovers
     and, for the lens grid, in its input row): 1,000 angled token ticks take plotly ~10 s."""
     positions = list(range(len(labels))) if positions is None else list(positions)
     if len(positions) <= MAX_TOKEN_TICKS:
         return {"tickmode": "array", "tickvals": positions, "ticktext": labels,
                 "tickangle": -60 if len(positions) > 8 else 0}
-    step = next(s for s in (10, 50, 100, 500, 1000) if len(positions) / s <= 120)
+    steps = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+    step = next((s for s in steps if len(positions) / s <= max_numbers), steps[-1])
     return {"tickmode": "linear", "tick0": 0, "dtick": step, "tickangle": 0}
