@@ -16,7 +16,7 @@ from plotly.subplots import make_subplots
 from workbench.views.html import Section, json_for_script, table_html, wide
 from workbench.views.tokens import html_label, html_label_short, position_ticks
 
-MAX_LABELLED = 1000  # positions with a label and cell text each; beyond, labels are thinned
+MAX_LABELLED = 1100  # rank cells carry their number up to here (a 1,024-token window fits)
 
 
 CELL_PX = 46  # one position of the top-1 grid: room for ~6 characters of token text
