@@ -136,7 +136,7 @@ import torch
 from memprobe import peak_kib, reset_peak
 torch.set_num_threads(int(sys.argv[4]))
 what, run_docs, amap_docs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-model, windows, src = setup("amap" if what.startswith("amap") else "run", run_docs, amap_docs)
+model, windows, _ = setup("amap" if what.startswith("amap") else "run", run_docs, amap_docs)
 before = reset_peak()
 batch = 32
 if what.endswith("forward"):
@@ -149,7 +149,7 @@ elif what == "amap":
 else:
     from workbench.report import run_all
     with tempfile.TemporaryDirectory() as d:
-        run_all(model, windows, d, batch_size=batch, progress=False, source={"text": src})
+        run_all(model, windows, d, batch_size=batch, progress=False)
 print(json.dumps({"what": what, "tokens": windows.n_tokens, "rss_before_kib": before,
                   "peak_kib": peak_kib()}))
 """

@@ -146,7 +146,7 @@ text = sys.argv[1]
 windows = load_windows(model, text=text)
 before = reset_peak()
 with tempfile.TemporaryDirectory() as d:
-    summary = run_all(model, windows, d, progress=False, source={"text": text})
+    summary = run_all(model, windows, d, progress=False)
 print(json.dumps({"rss_before_kib": before, "peak_kib": peak_kib(),
                   "seconds": summary["total_seconds"], "tokens": windows.n_tokens}))
 """

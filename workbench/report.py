@@ -36,8 +36,8 @@ class Entry:
     name: str
     options: Callable[[object, Windows], dict]
     key_numbers: Callable[[object], dict]
-    # Windows of its own, from the model, the run's windows and the source (load_windows kwargs).
-    windows: Callable[[object, Windows, dict | None], Windows] | None = None
+    # Windows of its own, cut from the model and the run's windows.
+    windows: Callable[[object, Windows], Windows] | None = None
     # Why this analysis cannot run on this model here (None: it can); the report says so.
     skip: Callable[[object, dict], str | None] | None = None
     # Extra files beside the artifact (model, windows, result, out_dir) → keywords of its section.
@@ -58,10 +58,10 @@ def _factors_options(model, windows: Windows) -> dict:
     return {"window_index": 0, "max_positions": 256, "n_components": min(8, _first_len(windows))}
 
 
-def _amap_windows(model, windows: Windows, source: dict | None) -> Windows:
+def _amap_windows(model, windows: Windows) -> Windows:
     """SYSIF's windows: 15 tokens, stride 15 (shorter when the whole text is shorter), so that
     a paragraph still gives full windows; AMAP counts only full windows. Cut from the run's own
-    token ids (the same ids a second tokenization of ``source`` would give)."""
+    token ids (the same ids a second tokenization of the text would give)."""
     from workbench.data import rewindow
 
     n_special = int(windows.tokens.shape[1]) - windows.window
@@ -165,12 +165,11 @@ def _seconds(x: float) -> float:
 
 def run_all(model, windows: Windows, out_dir: str | Path, *, batch_size: int = 8,
             progress: bool = True, only: list[str] | None = None, settings: dict | None = None,
-            source: dict | None = None) -> dict:
+            ) -> dict:
     """Run every built analysis, write artifacts, ``report.html`` and ``summary.json``.
 
-    ``source``: the ``load_windows`` keywords of the input, recorded in nothing and no longer
-    needed (analyses that window the text their own way, the AMAP's 15-token windows, cut them
-    from the token ids of ``windows``); kept so that older calls still work.
+    Analyses that window the text their own way (the AMAP's 15-token windows) cut their windows
+    from the token ids of ``windows``.
     """
     from tqdm.auto import tqdm
 
@@ -193,7 +192,7 @@ def run_all(model, windows: Windows, out_dir: str | Path, *, batch_size: int = 8
         module = importlib.import_module(f"workbench.analyses.{entry.name}")
         view = importlib.import_module(f"workbench.views.{entry.name}")
         t0 = time.perf_counter()
-        own = windows if entry.windows is None else entry.windows(model, windows, source)
+        own = windows if entry.windows is None else entry.windows(model, windows)
         options = entry.options(model, own)
         reason = entry.skip(model, options) if entry.skip is not None else None
         if reason is not None:

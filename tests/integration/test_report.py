@@ -19,7 +19,7 @@ def done(random_tiny, tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
     windows = load_windows(random_tiny, text=TEXT)
     summary = report.run_all(random_tiny, windows, out, progress=False,
-                             only=["attention", "factors"], source={"text": TEXT})
+                             only=["attention", "factors"])
     return out, summary
 
 
@@ -63,10 +63,10 @@ def test_an_analysis_error_propagates(random_tiny, tmp_path, monkeypatch):
 
 def test_amap_gets_sysif_windows(random_tiny):
     long = load_windows(random_tiny, text=TEXT)  # 44 byte tokens in one window
-    w = report._amap_windows(random_tiny, long, {"text": TEXT})
+    w = report._amap_windows(random_tiny, long)
     assert (w.window, w.stride) == (15, 15) and len(w) == 3
     short = load_windows(random_tiny, text="a cat")
-    w = report._amap_windows(random_tiny, short, {"text": "a cat"})
+    w = report._amap_windows(random_tiny, short)
     assert w.window == 5 and len(w) == 1  # the whole text is one full window
 
 

@@ -34,10 +34,8 @@ def main(args) -> int:
     model, windows = load_inputs(args)
     settings = {"window": args.window, "stride": args.stride, "dtype": args.dtype,
                 "requested_device": args.device}
-    source = {"text": args.text, "file": args.file, "dataset": args.dataset, "field": args.field,
-              "limit": args.limit, "bos": args.bos}
     summary = run_all(model, windows, args.out, batch_size=args.batch_size,
-                      progress=not args.quiet, only=only, settings=settings, source=source)
+                      progress=not args.quiet, only=only, settings=settings)
     for name, a in summary["analyses"].items():
         status = f"{a['seconds']['total']:.1f} s → {a['artifact']}" if a["status"] == "ok" \
             else a.get("reason", a["status"])
