@@ -25,11 +25,6 @@ HOVER_TOPK = 5  # top-k entries in the grid's hover (a click shows all k below)
 _ids = itertools.count()
 
 
-def visible(text: str) -> str:
-    """A token for a plotly label: whitespace visible, HTML escaped (``views.tokens``)."""
-    return html_label(text)
-
-
 def _layer_axis(labels: list[str]) -> dict:
     return {"type": "category", "categoryorder": "array", "categoryarray": list(labels),
             "title": "layer"}
@@ -46,7 +41,7 @@ def topk_figure(result, position: int = -1) -> go.Figure:
     p = result._position(position)
     probs = result.topk_probs[:, p].float()
     ids = result.topk_ids[:, p]
-    text = [[visible(result.label(i)) for i in row] for row in ids.tolist()]
+    text = [[html_label(result.label(i)) for i in row] for row in ids.tolist()]
     hover = [[f"{t}<br>id {i}<br>p = {q:.4f}" for t, i, q in zip(tr, ir, qr, strict=True)]
              for tr, ir, qr in zip(text, ids.tolist(), probs.tolist(), strict=True)]
     fig = go.Figure(go.Heatmap(
@@ -54,7 +49,7 @@ def topk_figure(result, position: int = -1) -> go.Figure:
         text=text, texttemplate="%{text}", hovertext=hover, hoverinfo="text",
         colorscale="Blues", zmin=0, zmax=1, colorbar={"title": "prob"},
     ))
-    context = visible(result.label(result.tokens[p]))
+    context = html_label(result.label(result.tokens[p]))
     fig.update_layout(
         title=f"Top-{ids.shape[1]} predictions per layer after position {p} ({context}), "
               f"{result.mode} lens",
@@ -88,7 +83,7 @@ def _rank_heatmap(ranks: torch.Tensor, layers: list[str], xticks: list[str], tit
 def rankings_figure(result, generated_only: bool | None = None) -> go.Figure:
     """Rank of the actual next token per layer (rows) and position (columns), log colour."""
     rk = result.rankings(generated_only)
-    ticks = [f"{visible(result.label(result.tokens[p]))} → {visible(result.label(result.tokens[p + 1]))}"
+    ticks = [f"{html_label(result.label(result.tokens[p]))} → {html_label(result.label(result.tokens[p + 1]))}"
              for p in rk.positions]
     what = "generated tokens" if result.generated_from is not None and generated_only is not False \
         else "next tokens (teacher-forced)"
@@ -102,8 +97,8 @@ def watch_figure(result, position: int | None = None) -> go.Figure:
     """Ranks of the watched tokens per layer at ``position`` (default: the last)."""
     rk = result.rankings_watch(position=position)
     p = rk.positions[0]
-    context = visible(result.label(result.tokens[p]))
-    return _rank_heatmap(rk.ranks, rk.layers, [visible(c) for c in rk.columns],
+    context = html_label(result.label(result.tokens[p]))
+    return _rank_heatmap(rk.ranks, rk.layers, [html_label(c) for c in rk.columns],
                          f"Rank of watched tokens per layer after position {p} ({context})",
                          "watched token", list(range(len(rk.columns))))
 
@@ -193,16 +188,16 @@ def top1_grid_figure(result, colour: str = "probability", div_id: str | None = N
     probs = result.topk_probs.float().tolist()
     # top-5 on hover (top-3 past 300 positions: the page stays small); a click shows all k
     k = min(HOVER_TOPK if P <= 300 else 3, result.topk_ids.shape[2])
-    inputs = [visible(result.label(t)) for t in result.tokens.tolist()]
+    inputs = [html_label(result.label(t)) for t in result.tokens.tolist()]
     cell = [[html_label_short(result.label(ids[li][p][0])) for p in range(P)] for li in range(L)]
     rank = result.ranks.tolist()
     hover = [[f"position {p}: input {inputs[p]}" for p in range(P)]]
     for li in range(L):
         row = []
         for p in range(P):
-            top = "<br>".join(f"{j + 1}. {visible(result.label(ids[li][p][j]))}  {probs[li][p][j]:.3f}"
+            top = "<br>".join(f"{j + 1}. {html_label(result.label(ids[li][p][j]))}  {probs[li][p][j]:.3f}"
                               for j in range(k))
-            nxt = (f"<br>next {visible(result.label(result.tokens[p + 1]))}: rank {rank[li][p]}"
+            nxt = (f"<br>next {html_label(result.label(result.tokens[p + 1]))}: rank {rank[li][p]}"
                    if p + 1 < P else "")
             row.append(f"{result.layer_labels[li]}, position {p} ({inputs[p]}){nxt}<br>{top}"
                        f"<br>entropy {float(result.entropy[li, p]):.2f}, KL {float(result.kl[li, p]):.3f}")
@@ -246,7 +241,7 @@ def position_picker_html(result, grid_id: str, topk_id: str, watch_id: str | Non
     data = {
         "n": result.n_positions, "k": result.topk_ids.shape[2], "mode": result.mode,
         "grid": grid_id, "topk": topk_id, "watch": watch_id,
-        "strs": [visible(result.label(t)) for t in used],
+        "strs": [html_label(result.label(t)) for t in used],
         "ids": [[[index[i] for i in pos] for pos in layer] for layer in ids],
         "probs": [[[round(q, 4) for q in pos] for pos in layer]
                   for layer in result.topk_probs.float().tolist()],
