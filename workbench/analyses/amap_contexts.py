@@ -46,7 +46,8 @@ def largest_units(result: AmapResult, per_layer: int) -> list[tuple[int, int]]:
     return out
 
 
-def _check_units(result: AmapResult, units: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+def check_units(result: AmapResult, units: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``units`` without repeats, after checking each layer and neuron is in ``result``."""
     out = []
     for layer, neuron in units:
         result._row(layer)
@@ -75,7 +76,7 @@ def read_contexts(model, windows: Windows, result: AmapResult, per_layer: int = 
         if per_layer <= 0:
             return []
         units = largest_units(result, per_layer)
-    units = _check_units(result, units)
+    units = check_units(result, units)
     if not units:
         return []
     top = result.top.compute()

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from workbench import capture
-from workbench.analyses.amap_contexts import _check_units, read_contexts
+from workbench.analyses.amap_contexts import check_units, read_contexts
 from workbench.data import Windows
 
 BINS = 80
@@ -63,7 +63,7 @@ def unit_pages(model, windows: Windows, result, units: Sequence[tuple[int, int]]
                mode: str = "input", k: int = 20, min_count: int = 1, batch_size: int = 16,
                progress: bool = True, window_offset: int = 0) -> list[dict]:
     """The data of each unit's page (see the module docstring)."""
-    units = _check_units(result, units)
+    units = check_units(result, units)
     acts = activations(model, windows, units, batch_size, progress)
     contexts = {(c["layer"], c["neuron"]): c for c in
                 read_contexts(model, windows, result, window_offset=window_offset, units=units)} \

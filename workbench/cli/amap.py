@@ -191,7 +191,7 @@ def export_main(args) -> int:
 
 def contexts_main(args) -> int:
     from workbench.analyses.amap import load
-    from workbench.analyses.amap_contexts import parse_unit, read_contexts
+    from workbench.analyses.amap_contexts import check_units, parse_unit, read_contexts
     from workbench.artifacts import write_json
     from workbench.cli.common import preflight
     from workbench.errors import WorkbenchError
@@ -202,9 +202,8 @@ def contexts_main(args) -> int:
         raise WorkbenchError(f"--json {args.json} is a folder; give a file path such as "
                              f"{args.json / 'contexts.json'}")
     result = load(args.amap)
-    units = [parse_unit(u) for text in args.unit for u in text.split(",") if u.strip()]
-    for layer, _ in units:
-        result._row(layer)  # a wrong layer fails before the model loads
+    units = check_units(result, [parse_unit(u) for text in args.unit  # before the model loads
+                                 for u in text.split(",") if u.strip()])
     if result.top is None:
         raise WorkbenchError(f"{args.amap} holds no max-activating windows (a merge of AMAPs of "
                              "different data drops them); read contexts from a single build")
@@ -242,7 +241,7 @@ def _model_and_windows(args, result):
 
 def pages_main(args) -> int:
     from workbench.analyses.amap import load
-    from workbench.analyses.amap_contexts import _check_units, parse_unit
+    from workbench.analyses.amap_contexts import check_units, parse_unit
     from workbench.analyses.neuron_pages import unit_pages, write_pages
     from workbench.cli.common import preflight
 
@@ -251,7 +250,7 @@ def pages_main(args) -> int:
                                  field=args.field, out=out, quiet=args.quiet))
     result = load(args.amap)
     result._mode(args.mode)
-    units = _check_units(result, [parse_unit(u) for text in args.unit
+    units = check_units(result, [parse_unit(u) for text in args.unit
                                   for u in text.split(",") if u.strip()])  # before the model
     model, windows = _model_and_windows(args, result)
     pages = unit_pages(model, windows, result, units, mode=args.mode, min_count=args.min_count,
