@@ -1,7 +1,8 @@
 """Text sources → token windows.
 
 1. Pick a source: a string (or list of documents), a text file, a JSONL file (``field``), an HF
-   dataset name, or the built-in WordNet gloss corpus (``dataset="wordnet-glosses"``).
+   dataset name, or the built-in WordNet gloss corpus (``dataset="wordnet-glosses"``);
+   files are read by ``workbench.inputs``.
 2. Each document is tokenized whole (no special tokens), then cut into windows of ``window`` text
    tokens every ``stride`` tokens; windows never cross documents and nothing is truncated: the last
    window of a document is shorter and padded (``mask`` False on padding).
@@ -15,7 +16,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +25,7 @@ from jaxtyping import Bool, Int
 from torch import Tensor
 
 from workbench.errors import OfflineError, WorkbenchError
+from workbench.inputs import file_sha256, read_file_documents
 
 BUILTIN_DATASETS = ("wordnet-glosses", "wordnet-glosses-validation")
 
@@ -213,51 +214,6 @@ def _defaults(model, window: int | None, stride: int | None, bos: bool | None):
     return window, (window if stride is None else stride), bos
 
 
-def read_text_file(path: str | Path) -> str:
-    p = Path(path)
-    if not p.exists():
-        raise WorkbenchError(f"file not found: {p}; check the path (relative to {Path.cwd()})")
-    if p.is_dir():
-        raise WorkbenchError(f"{p} is a folder; give a text or .jsonl file")
-    data = p.read_bytes()
-    try:
-        # "utf-8-sig": a leading byte-order mark (Windows editors write one) is not text; the
-        # same rule for .txt and .jsonl.
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise WorkbenchError(
-            f"{p} is not valid UTF-8 (byte {exc.start}: {data[exc.start:exc.start + 4]!r}); "
-            "convert it, e.g. `iconv -f latin1 -t utf-8 in.txt > out.txt`"
-        ) from None
-
-
-def read_file_documents(path: str | Path, field: str = "text") -> list[str]:
-    """The documents of a file: a .jsonl holds one per line (its ``field``), any other file one."""
-    p = Path(path)
-    return read_jsonl(p, field) if p.suffix == ".jsonl" else [read_text_file(p)]
-
-
-def read_jsonl(path: str | Path, field: str = "text") -> list[str]:
-    docs = []
-    for n, line in enumerate(read_text_file(path).splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise WorkbenchError(f"{path}:{n} is not valid JSON ({exc.msg})") from None
-        if not isinstance(row, dict) or field not in row:
-            keys = sorted(row) if isinstance(row, dict) else type(row).__name__
-            raise WorkbenchError(f"{path}:{n} has no field {field!r} (has {keys}); use --field")
-        value = row[field]
-        if not isinstance(value, str):
-            raise WorkbenchError(
-                f"{path}:{n}: field {field!r} is {json.dumps(value)[:40]} ({type(value).__name__}), "
-                "not a string; fix that line or choose another field with --field")
-        docs.append(value)
-    return docs
-
-
 def dataset_documents(name: str, split: str = "train", field: str = "text",
                       limit: int | None = None) -> tuple[list[str], str]:
     """Documents of a built-in dataset or an HF ``datasets`` name, and a source label.
@@ -341,16 +297,6 @@ def load_windows(
     if file is not None:
         windows.extra["file_sha256"] = file_sha256(file)
     return windows
-
-
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file's bytes (what ``sha256sum`` prints); metadata ``sha256`` is that of the
-    decoded documents, which is the same for any encoding of the same text."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _source_meta(data: dict) -> dict:

@@ -135,7 +135,7 @@ def test_encoder_windows_have_cls_and_sep(minilm):
 
 
 def test_a_byte_order_mark_is_not_text_in_any_format(tmp_path):
-    from workbench.data import read_jsonl, read_text_file
+    from workbench.inputs import read_jsonl, read_text_file
 
     (tmp_path / "a.txt").write_bytes(b"\xef\xbb\xbfhello world")
     (tmp_path / "a.jsonl").write_bytes(b'\xef\xbb\xbf{"text": "hello world"}\n')
@@ -145,8 +145,8 @@ def test_a_byte_order_mark_is_not_text_in_any_format(tmp_path):
 
 @pytest.mark.parametrize("value", ["null", "3", "[\"a\"]", "{\"x\": 1}", "true"])
 def test_jsonl_fields_that_are_not_strings_are_refused_with_the_line(tmp_path, value):
-    from workbench.data import read_jsonl
     from workbench.errors import WorkbenchError
+    from workbench.inputs import read_jsonl
 
     (tmp_path / "a.jsonl").write_text('{"text": "fine"}\n' + f'{{"text": {value}}}\n')
     with pytest.raises(WorkbenchError, match=r"a\.jsonl:2: field 'text' is .* not a string"):

@@ -122,7 +122,7 @@ def preflight(args) -> None:
     if getattr(args, "dtype", None) is not None:
         _dtype(args.dtype)
     if getattr(args, "file", None) is not None:
-        from workbench.data import read_file_documents
+        from workbench.inputs import read_file_documents
 
         read_file_documents(args.file, getattr(args, "field", None) or "text")
     if getattr(args, "quiet", False):
