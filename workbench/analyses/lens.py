@@ -38,7 +38,7 @@ from workbench.kernels.lens import (
     project,
     target_ranks,
 )
-from workbench.kernels.lens_stats import LensStats
+from workbench.kernels.lens_stats import LensStats, WindowRanks
 from workbench.results import ResultMixin
 
 ARTIFACT = "lens.safetensors"
@@ -238,31 +238,6 @@ class LensResult(ResultMixin):
         return artifacts.save(Path(out_dir) / ARTIFACT, self.tensors(), meta)
 
 
-class WindowRanks:
-    """Per-window read-outs kept whole (int32 on the CPU: O(lenses x tokens), never logits).
-
-    Padding and positions without a next token hold -1 (the kernel's 0 there is "no target").
-    """
-
-    def __init__(self, n_lens: int, windows: Windows, n_watch: int | None) -> None:
-        n, width = windows.tokens.shape
-        self.ranks = torch.full((n_lens, n, max(0, width - 1)), -1, dtype=torch.int32)
-        self.watch_ranks = None if n_watch is None else \
-            torch.full((n_lens, n, width, n_watch), -1, dtype=torch.int32)
-
-    def update(self, index: Int[Tensor, " b"], ranks: Int[Tensor, "lens b pos"],
-               watch_ranks: Int[Tensor, "lens b pos w"] | None, mask: Bool[Tensor, "b pos"]) -> None:
-        """Fold in one batch (batches are trimmed to their longest window: ``pos`` <= width)."""
-        pos = ranks.shape[-1]
-        idx = index.cpu()
-        # The batch's last column never has a next token; keep ranks as 1.. and -1 for none.
-        got = torch.where(ranks > 0, ranks, -1)[..., : pos - 1]
-        self.ranks[:, idx, : pos - 1] = got.to(device="cpu", dtype=torch.int32)
-        if self.watch_ranks is not None and watch_ranks is not None:
-            w = torch.where(mask[None, ..., None], watch_ranks, -1)
-            self.watch_ranks[:, idx, :pos] = w.to(device="cpu", dtype=torch.int32)
-
-
 def decode_ids(tokenizer, ids: Sequence[int]) -> dict[int, str]:
     return {int(i): tokenizer.decode([int(i)]) for i in set(ids)}
 
@@ -351,7 +326,8 @@ def analyze(
     hooks = capture.resid_hooks(model)
     device = next(model.parameters()).device
     stats = LensStats(len(hooks), int(model.cfg.d_vocab), device=device)
-    per_window = WindowRanks(len(hooks), windows, None if watch_ids is None else len(watch_ids))
+    per_window = WindowRanks(len(hooks), *windows.tokens.shape,
+                             None if watch_ids is None else len(watch_ids))
     first = None
     for batch in capture.stream(model, windows, hooks, batch_size, progress=progress, desc="lens"):
         with torch.inference_mode():

@@ -7,6 +7,8 @@
    single-process, multi-process (all-reduce SUM) and offline merges are the same operation.
 4. ``stats.compute()`` reads out per-lens means and the rank histogram.
 
+``WindowRanks`` keeps the per-window ranks whole (int32 on the CPU), for ``window_ranks``.
+
 Targets are the positions with a rank (``ranks > 0``: a next token exists and is not padding);
 entropy, KL and agreement average over every real position (``mask``).
 """
@@ -127,3 +129,28 @@ class LensStats:
         for name in (*STATES, "edges"):
             setattr(self, name, getattr(self, name).to(device))
         return self
+
+
+class WindowRanks:
+    """Per-window read-outs kept whole (int32 on the CPU: O(lenses x tokens), never logits).
+
+    Padding and positions without a next token hold -1 (the kernel's 0 there is "no target").
+    """
+
+    def __init__(self, n_lens: int, n: int, width: int, n_watch: int | None) -> None:
+        """``n`` windows of ``width`` positions each; ``n_watch`` watched tokens (or None)."""
+        self.ranks = torch.full((n_lens, n, max(0, width - 1)), -1, dtype=torch.int32)
+        self.watch_ranks = None if n_watch is None else \
+            torch.full((n_lens, n, width, n_watch), -1, dtype=torch.int32)
+
+    def update(self, index: Int[Tensor, " b"], ranks: Int[Tensor, "lens b pos"],
+               watch_ranks: Int[Tensor, "lens b pos w"] | None, mask: Bool[Tensor, "b pos"]) -> None:
+        """Fold in one batch (batches are trimmed to their longest window: ``pos`` <= width)."""
+        pos = ranks.shape[-1]
+        idx = index.cpu()
+        # The batch's last column never has a next token; keep ranks as 1.. and -1 for none.
+        got = torch.where(ranks > 0, ranks, -1)[..., : pos - 1]
+        self.ranks[:, idx, : pos - 1] = got.to(device="cpu", dtype=torch.int32)
+        if self.watch_ranks is not None and watch_ranks is not None:
+            w = torch.where(mask[None, ..., None], watch_ranks, -1)
+            self.watch_ranks[:, idx, :pos] = w.to(device="cpu", dtype=torch.int32)
