@@ -271,10 +271,13 @@ def load_windows(
     stride: int | None = None,
     bos: bool | None = None,
     limit: int | None = None,
+    file_documents: Sequence[str] | None = None,
 ) -> Windows:
     """Windows for ``model`` from exactly one of ``text``, ``file`` (.txt / .jsonl), ``dataset``.
 
     ``window`` defaults to the model's context (minus special tokens), ``stride`` to ``window``.
+    ``file_documents``: ``file``'s documents when already read (``inputs.read_file_documents``,
+    as the CLI does before loading the model), so the file is not read twice.
     """
     given = [x is not None for x in (text, file, dataset)]
     if sum(given) != 1:
@@ -285,7 +288,7 @@ def load_windows(
         source = "text"
     elif file is not None:
         p = Path(file)
-        docs = read_file_documents(p, field)
+        docs = list(file_documents) if file_documents is not None else read_file_documents(p, field)
         source = f"file:{p.name}"
     else:
         docs, source = dataset_documents(dataset, field=field, limit=limit)

@@ -443,3 +443,24 @@ def test_run_all_without_source_on_a_short_text(random_tiny, tmp_path):
     summary = run_all(random_tiny, load_windows(random_tiny, text="a short text"), tmp_path,
                       progress=False)
     assert all(a["status"] == "ok" for a in summary["analyses"].values())
+
+
+def test_the_input_file_is_read_once(inputs, capsys, monkeypatch):
+    """The file is read (and checked) before the model loads, and those documents are the ones
+    analysed: not read a second time."""
+    import workbench.data
+    import workbench.inputs
+
+    calls = []
+    real = workbench.inputs.read_file_documents
+
+    def counting(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(workbench.inputs, "read_file_documents", counting)
+    monkeypatch.setattr(workbench.data, "read_file_documents", counting)
+    rc, _, err = run_cli(capsys, "lens", *TINY, "--file", inputs / "good.txt", "--out",
+                         inputs / "out")
+    assert rc == 0, err
+    assert len(calls) == 1

@@ -51,8 +51,7 @@ def int_list(text: str) -> list[int]:
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"model name (default {DEFAULT_MODEL})")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 "
-                   "(default auto)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1")
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default float32)")
     p.add_argument("--weight-processing", action="store_true",
                    help="hub models only: apply TransformerLens' weight processing (fold LN, "
@@ -106,10 +105,10 @@ def check_out(out: Path) -> None:
         raise WorkbenchError(f"--out {out}: {probe} is not writable; choose a folder you can write")
 
 
-def preflight(args) -> None:
+def preflight(args) -> list[str] | None:
     """Everything about the flags that can be checked without the model, checked now: ``--out``,
     the devices, the dtype and the input file (read and validated), so a mistake costs no model
-    load. ``--quiet`` also silences the loaders."""
+    load. ``--quiet`` also silences the loaders. Returns the ``--file``'s documents (or None)."""
     import os
 
     from workbench.models import _dtype
@@ -121,12 +120,14 @@ def preflight(args) -> None:
         resolve_device(args.device)
     if getattr(args, "dtype", None) is not None:
         _dtype(args.dtype)
+    documents = None
     if getattr(args, "file", None) is not None:
         from workbench.inputs import read_file_documents
 
-        read_file_documents(args.file, getattr(args, "field", None) or "text")
+        documents = read_file_documents(args.file, getattr(args, "field", None) or "text")
     if getattr(args, "quiet", False):
         os.environ["WORKBENCH_QUIET"] = "1"  # the loaders' first-load messages too
+    return documents
 
 
 def load_inputs(args):
@@ -134,12 +135,13 @@ def load_inputs(args):
     from workbench.data import load_windows
     from workbench.models import load_model
 
-    preflight(args)
+    documents = preflight(args)
     model = load_model(args.model, device=args.device, dtype=args.dtype,
                        processing=getattr(args, "weight_processing", False))
     windows = load_windows(
         model, text=args.text, file=args.file, dataset=args.dataset, field=args.field,
         window=args.window, stride=args.stride, bos=args.bos, limit=args.limit,
+        file_documents=documents,
     )
     if args.text is not None and args.text.endswith(" ") and not args.text.endswith("  "):
         import warnings
