@@ -13,7 +13,6 @@ lens result was 57,855 characters).
 from __future__ import annotations
 
 import html
-import json
 
 MAX_REPR = 320  # characters
 
@@ -65,6 +64,3 @@ class ResultMixin:
         names = ", ".join(html.escape(n) for n in self.figures())
         return (f"<div><b>{type(self).__name__}</b><table>{rows}</table>{table}"
                 f"<p>figures(): {names}</p></div>")
-
-    def summary_json(self) -> str:
-        return json.dumps(self.summary(), default=str)

@@ -26,7 +26,6 @@ header td{padding:1px 14px 1px 0;vertical-align:top}
 nav{padding:8px 28px;background:#e5e5e5;font-size:14px;position:sticky;top:0;z-index:10;
 box-shadow:0 1px 3px rgba(0,0,0,.15)}
 nav a{margin-right:14px;color:#14213d}
-nav a.fig{font-size:12px;color:#555;margin-right:8px}
 main{padding:8px 28px 40px 28px}
 section{background:#fff;border:1px solid #ddd;border-radius:6px;margin:18px 0;padding:8px 18px}
 section h2{font-size:18px;margin:10px 0}
@@ -62,15 +61,12 @@ def json_for_script(obj) -> str:
     return json.dumps(obj).replace("<", "\\u003c")
 
 
-def wide(fig: go.Figure, n_columns: int, cell_px: int, margin_px: int = 200,
-         div_id: str | None = None) -> go.Figure:
+def wide(fig: go.Figure, n_columns: int, cell_px: int, margin_px: int = 200) -> go.Figure:
     """Give ``fig`` fixed-width columns (``cell_px`` each): drawn at its own width inside a
     horizontally scrolling box, so 1,000 positions stay readable and the page never scrolls
     sideways."""
     width = max(700, margin_px + n_columns * cell_px)
     meta = dict(fig.layout.meta or {}) | {"wb_scroll": width > 1300}
-    if div_id:
-        meta["wb_id"] = div_id
     fig.update_layout(width=width, autosize=False, meta=meta)
     if meta["wb_scroll"]:  # a centred title would sit out of view, far to the right
         fig.update_layout(title_x=0.005, title_xanchor="left")

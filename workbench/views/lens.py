@@ -179,7 +179,7 @@ def _grid_colours(result) -> dict[str, dict]:
     return out
 
 
-def top1_grid_figure(result, colour: str = "probability", div_id: str | None = None) -> go.Figure:
+def top1_grid_figure(result, colour: str = "probability") -> go.Figure:
     """The logit-lens picture: layers (rows) × positions (columns), the top-1 token written in
     each cell, colour = its probability, the rank of the actual next token, the entropy or the
     KL to the final layer (buttons switch); top-k on hover; fixed-width cells."""
@@ -228,7 +228,7 @@ def top1_grid_figure(result, colour: str = "probability", div_id: str | None = N
                       "showactive": True, "active": list(colours).index(colour)}],
         margin={"t": 110, "l": 70, "r": 20, "b": 110},
     )
-    return wide(fig, P, CELL_PX, div_id=div_id)
+    return wide(fig, P, CELL_PX)
 
 
 def position_picker_html(result, grid_id: str, topk_id: str, watch_id: str | None) -> str:
