@@ -133,8 +133,7 @@ def _check_artifact(path: Path, t: dict[str, Tensor], meta: dict) -> None:
     if labels is not None:
         f.require(len(labels) == n and all(isinstance(x, str) for x in labels),
                   f"metadata 'labels' does not name the {n} hidden states")
-    settings = f.get("settings", dict, {})
-    f.require(isinstance(settings, dict), "metadata 'settings' is not an object")
+    f.get("settings", dict, {})  # an object when present
     tokens = f.get("token_labels", (list, type(None)), None)
     f.require(tokens is None or all(isinstance(x, str) for x in tokens),
               "metadata 'token_labels' holds non-text")
