@@ -41,9 +41,9 @@ def setup(what, run_docs, amap_docs):
     model = load_model("tiny-gloss-lm", device="cpu")
     if what == "amap":
         docs = list(islice(gloss_documents("validation"), amap_docs))
-        return model, load_windows(model, text=docs, window=15, stride=15, bos=False), docs
+        return model, load_windows(model, text=docs, window=15, stride=15, bos=False)
     text = " ".join(islice(gloss_documents("validation"), run_docs))
-    return model, load_windows(model, text=text), text
+    return model, load_windows(model, text=text)
 """
 
 
@@ -59,11 +59,10 @@ def bare_forward(model, windows) -> None:
             model(tok)
 
 
-def run_main_job(model, windows, text, out_dir) -> dict:
+def run_main_job(model, windows, out_dir) -> dict:
     from workbench.report import run_all
 
-    return run_all(model, windows, out_dir, batch_size=BATCH, progress=False,
-                   source={"text": text})
+    return run_all(model, windows, out_dir, batch_size=BATCH, progress=False)
 
 
 def amap_build(model, windows):
@@ -105,11 +104,11 @@ def _time_bare_forward(benchmark, model, windows) -> None:
 @pytest.mark.parametrize("impl", ["bare_forward", "workbench_run"])
 @pytest.mark.benchmark(group="e2e-run")
 def test_run_vs_forward(benchmark, impl, inputs, tmp_path):
-    model, windows, text = inputs("run")
+    model, windows = inputs("run")
     if impl == "bare_forward":
         _time_bare_forward(benchmark, model, windows)
         return
-    summary = benchmark.pedantic(run_main_job, args=(model, windows, text, tmp_path),
+    summary = benchmark.pedantic(run_main_job, args=(model, windows, tmp_path),
                                  rounds=ROUNDS, iterations=1)
     assert all(a["status"] == "ok" for a in summary["analyses"].values()), summary["analyses"]
     assert (tmp_path / "report.html").stat().st_size > 0
@@ -121,7 +120,7 @@ def test_run_vs_forward(benchmark, impl, inputs, tmp_path):
 @pytest.mark.parametrize("impl", ["bare_forward", "workbench_amap_build"])
 @pytest.mark.benchmark(group="e2e-amap-build")
 def test_amap_build_vs_forward(benchmark, impl, inputs):
-    model, windows, _ = inputs("amap")
+    model, windows = inputs("amap")
     if impl == "bare_forward":
         _time_bare_forward(benchmark, model, windows)
         return
@@ -136,7 +135,7 @@ import torch
 from memprobe import peak_kib, reset_peak
 torch.set_num_threads(int(sys.argv[4]))
 what, run_docs, amap_docs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-model, windows, _ = setup("amap" if what.startswith("amap") else "run", run_docs, amap_docs)
+model, windows = setup("amap" if what.startswith("amap") else "run", run_docs, amap_docs)
 before = reset_peak()
 batch = 32
 if what.endswith("forward"):

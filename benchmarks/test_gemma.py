@@ -170,8 +170,7 @@ def test_run_paragraph(benchmark, impl, gemma, tmp_path):
         benchmark.extra_info.update({"role": "baseline", "device": "cpu", "tokens": n})
     elif impl == "workbench_run":
         summary = benchmark.pedantic(
-            run_all, args=(gemma, windows, tmp_path), kwargs={"progress": False,
-                                                              "source": {"text": RUN_TEXT}},
+            run_all, args=(gemma, windows, tmp_path), kwargs={"progress": False},
             rounds=1, iterations=1)
         ok = {k: a["status"] for k, a in summary["analyses"].items()}
         assert ok["lens"] == "ok" and ok["distributions"] == "ok", ok
