@@ -25,7 +25,7 @@ from jaxtyping import Bool, Int
 from torch import Tensor
 
 from workbench.errors import OfflineError, WorkbenchError
-from workbench.inputs import file_sha256, read_file_documents
+from workbench.inputs import file_sha256, read_file_documents, text_field
 
 BUILTIN_DATASETS = ("wordnet-glosses", "wordnet-glosses-validation")
 
@@ -248,14 +248,7 @@ def dataset_documents(name: str, split: str = "train", field: str = "text",
         raise WorkbenchError(f"could not load dataset {name!r}: {exc}") from exc
     docs = []
     for n, row in enumerate(ds):
-        if field not in row:
-            raise WorkbenchError(f"dataset {name!r} has no field {field!r} (has {sorted(row)})")
-        value = row[field]
-        if not isinstance(value, str):
-            raise WorkbenchError(
-                f"dataset {name!r} row {n}: field {field!r} is a {type(value).__name__}, not a "
-                "string; choose a text field with --field")
-        docs.append(value)
+        docs.append(text_field(row, field, f"dataset {name!r} row {n}"))
         if limit is not None and len(docs) >= limit:
             break
     return docs, f"hf:{name}:{split}"

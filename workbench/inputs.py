@@ -47,16 +47,23 @@ def read_jsonl(path: str | Path, field: str = "text") -> list[str]:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             raise WorkbenchError(f"{path}:{n} is not valid JSON ({exc.msg})") from None
-        if not isinstance(row, dict) or field not in row:
-            keys = sorted(row) if isinstance(row, dict) else type(row).__name__
-            raise WorkbenchError(f"{path}:{n} has no field {field!r} (has {keys}); use --field")
-        value = row[field]
-        if not isinstance(value, str):
-            raise WorkbenchError(
-                f"{path}:{n}: field {field!r} is {json.dumps(value)[:40]} ({type(value).__name__}), "
-                "not a string; fix that line or choose another field with --field")
-        docs.append(value)
+        if not isinstance(row, dict):
+            raise WorkbenchError(f"{path}:{n} is a JSON {type(row).__name__}, not an object with "
+                                 f"a field {field!r}; one object per line")
+        docs.append(text_field(row, field, f"{path}:{n}"))
     return docs
+
+
+def text_field(row: dict, field: str, where: str) -> str:
+    """``row[field]``, which must be a string (a JSONL line or a dataset row, named by ``where``)."""
+    if field not in row:
+        raise WorkbenchError(f"{where} has no field {field!r} (has {sorted(row)}); use --field")
+    value = row[field]
+    if not isinstance(value, str):
+        raise WorkbenchError(
+            f"{where}: field {field!r} is {json.dumps(value, default=str)[:40]} "
+            f"({type(value).__name__}), not a string; fix it or choose a text field with --field")
+    return value
 
 
 def file_sha256(path: str | Path) -> str:
