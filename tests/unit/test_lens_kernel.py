@@ -191,4 +191,4 @@ def test_lens_stats_state_roundtrip_and_mismatch():
         s.merge(LensStats(3, 50))
     with pytest.raises(WorkbenchError, match="rank_hist"):
         LensStats(2, 5000).load_state_dict(s.state_dict())
-    assert set(LensStats.REDUCE) == set(s.state_dict())
+    assert set(s.REDUCE) == set(s.state_dict())

@@ -21,7 +21,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from workbench import artifacts
-from workbench.capture import layer_labels, resid_hooks, stream
+from workbench.capture import layer_labels, resid_hooks
 from workbench.data import Windows
 from workbench.distributed import DistContext, flat_states
 from workbench.errors import WorkbenchError
@@ -234,102 +234,130 @@ def _selected(batch, hooks: list[str], skip_first: bool) -> tuple[Tensor, Tensor
     return block, flat
 
 
+class DistributionsReducer:
+    """The distributions pass as a reducer of the capture engine (``capture.run``): residual
+    hooks in, moments / histograms / per-dimension statistics / a keyed sample out."""
+
+    name = "distributions"
+    need_logits = False
+
+    def __init__(self, model, windows: Windows, *, skip_first: bool = True, bins: int = 300,
+                 value_range: tuple[float, float] | None = None, symlog: float | None = None,
+                 sample: int = 1000, scatter_points: int = 10000, layer: int | str = -1,
+                 pair_layers: tuple[int | str, ...] | None = None, seed: int = 0,
+                 batch_size: int = 8):
+        self.model, self.windows = model, windows
+        self.hooks = resid_hooks(model)
+        self.labels = layer_labels(model)
+        pair_layers = (tuple(range(min(4, len(self.labels)))) if pair_layers is None
+                       else tuple(pair_layers))
+        for chosen in (layer, *pair_layers):
+            layer_index(self.labels, chosen)
+        if sample < 0 or scatter_points < 0:
+            raise WorkbenchError(f"sample sizes must be >= 0 (got {sample}, {scatter_points})")
+        n_vars, d = len(self.hooks), int(model.cfg.d_model)
+        device = next(model.parameters()).device
+        if value_range is None and symlog is None:
+            edges, edge_rule = auto_edges(model, bins)
+            value_range = tuple(edge_rule["range"])
+        else:
+            value_range = SEED_RANGE if value_range is None else value_range
+            edges, edge_rule = make_edges(bins, value_range, symlog), {"rule": "given"}
+        self.accs = {"moments": Moments(n_vars, device), "hist": Histogram(edges, n_vars, device),
+                     "dims": DimStats(n_vars, d, device),
+                     "sample": BottomK(max(sample, scatter_points), n_vars, n_ids=3,
+                                       device=device)}
+        self.skip_first, self.seed, self.d = skip_first, seed, d
+        self.width = int(windows.tokens.shape[1])
+        self.dim_ids = torch.arange(d, device=device)
+        self.settings = {
+            "skip_first": skip_first, "bins": bins, "value_range": list(value_range),
+            "symlog": symlog, "edges": edge_rule, "sample": sample,
+            "scatter_points": scatter_points, "layer": layer, "pair_layers": list(pair_layers),
+            "seed": seed, "batch_size": batch_size}
+
+    def accumulators(self) -> dict:
+        return self.accs
+
+    def update(self, batch) -> None:
+        block, flat = _selected(batch, self.hooks, self.skip_first)
+        if flat.numel() == 0:
+            return
+        a, d = self.accs, self.d
+        samples = rearrange(block, "v t d -> (t d) v")  # a view: block stays variable-major
+        a["moments"].update(samples)
+        a["hist"].update(samples)
+        a["dims"].update(rearrange(block, "v t d -> t v d"))
+        # Global window ids (the engine adds a shard's offset): sample ids never depend on
+        # batching, rank or shard; then the position and the dimension.
+        window = batch.index.to(flat.device)[flat // batch.mask.shape[1]]
+        position = flat % batch.mask.shape[1]
+        ids = rearrange((window * self.width + position)[:, None] * d + self.dim_ids,
+                        "t d -> (t d)")
+        keys = permute_ids(ids, self.seed)
+        pos = a["sample"].candidates(keys)
+        if pos.numel():
+            t_idx, d_idx = pos // d, pos % d
+            a["sample"].update(keys[pos], samples[pos],
+                               torch.stack([window[t_idx], position[t_idx], d_idx], dim=1))
+
+    def result(self, shard: tuple[int, int] | None = None) -> DistributionsResult:
+        if int(self.accs["moments"].count) == 0 and shard is None:
+            raise WorkbenchError("no positions left to analyse: every window has only its first "
+                                 "position, which is left out; give longer text, or count it "
+                                 "too (`workbench distributions --keep-first`; skip_first=False "
+                                 "in Python)")
+        windows = self.windows
+        token_labels = None
+        if len(windows) == 1:
+            from workbench.views.tokens import decode_each
+
+            token_labels = decode_each(self.model.tokenizer,
+                                       windows.tokens[0][windows.mask[0]].tolist())
+        meta = artifacts.run_metadata(self.model, windows, **self.settings)
+        if shard is not None:
+            meta["shard"] = shard_metadata(windows, *shard)
+        return result_from_states(self.accs, self.labels, self.settings, meta, token_labels)
+
+
 def analyze(
     model,
     windows: Windows,
     *,
     batch_size: int = 8,
     progress: bool = True,
-    skip_first: bool = True,
-    bins: int = 300,
-    value_range: tuple[float, float] | None = None,
-    symlog: float | None = None,
-    sample: int = 1000,
-    scatter_points: int = 10000,
-    layer: int | str = -1,
-    pair_layers: tuple[int | str, ...] | None = None,
-    seed: int = 0,
     shard: tuple[int, int] | None = None,
     ctx: DistContext | None = None,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    **options,
 ) -> DistributionsResult:
     """One pass over ``windows``; see the module docstring.
 
     ``shard=(i, n)`` analyses only the i-th of n slices of the windows (a job-array task; merge
     the parts with ``merge_results``); under ``torchrun`` pass ``ctx`` (``DistContext.from_env()``):
     each rank analyses its slice and every rank gets the reduced result of the whole.
+    ``checkpoint_dir`` + ``resume``: checkpoint the pass there and continue a killed one.
 
-    ``sample`` (pairplot) and ``scatter_points`` (scatter by dimension / token of ``layer``) are
-    sizes of one deterministic uniform sample of (token, dim) pairs, keyed by ``seed``: the same
-    whatever the batch size or device. ``layer`` and ``pair_layers`` (default: the first four)
-    only choose what is drawn.
-
-    ``value_range=None`` (default) sizes the histogram edges to the model (``auto_edges``: the
-    seed's ±15 where it fits, symlog edges for models like gemma whose residuals reach 1e5);
-    ``value_range=(-15, 15)`` gives the seed's fixed edges whatever the model.
+    Options (``DistributionsReducer``): ``sample`` (pairplot) and ``scatter_points`` (scatter by
+    dimension / token of ``layer``) are sizes of one deterministic uniform sample of (token, dim)
+    pairs, keyed by ``seed``: the same whatever the batch size or device. ``layer`` and
+    ``pair_layers`` (default: the first four) only choose what is drawn. ``value_range=None``
+    (default) sizes the histogram edges to the model (``auto_edges``: the seed's ±15 where it
+    fits, symlog edges for models like gemma whose residuals reach 1e5); ``value_range=(-15, 15)``
+    gives the seed's fixed edges whatever the model. ``skip_first`` (default True) leaves out
+    position 0 of each window, ``bins`` / ``symlog`` shape the histogram edges.
     """
-    hooks = resid_hooks(model)
-    labels = layer_labels(model)
-    pair_layers = tuple(range(min(4, len(labels)))) if pair_layers is None else tuple(pair_layers)
-    for chosen in (layer, *pair_layers):
-        layer_index(labels, chosen)
-    if sample < 0 or scatter_points < 0:
-        raise WorkbenchError(f"sample sizes must be >= 0 (got {sample}, {scatter_points})")
-    n_vars, d = len(hooks), int(model.cfg.d_model)
-    device = next(model.parameters()).device
-    if value_range is None and symlog is None:
-        edges, edge_rule = auto_edges(model, bins)
-        value_range = tuple(edge_rule["range"])
-    else:
-        value_range = SEED_RANGE if value_range is None else value_range
-        edges, edge_rule = make_edges(bins, value_range, symlog), {"rule": "given"}
-    moments = Moments(n_vars, device)
-    hist = Histogram(edges, n_vars, device)
-    dims = DimStats(n_vars, d, device)
-    picked = BottomK(max(sample, scatter_points), n_vars, n_ids=3, device=device)
-    width = windows.tokens.shape[1]
-    dim_ids = torch.arange(d, device=device)
-    part, offset = local_part(windows, shard, ctx)
-    for batch in stream(model, part, hooks, batch_size=batch_size, progress=progress,
-                        desc="distributions"):
-        block, flat = _selected(batch, hooks, skip_first)
-        if flat.numel() == 0:
-            continue
-        samples = rearrange(block, "v t d -> (t d) v")  # a view: block stays variable-major
-        moments.update(samples)
-        hist.update(samples)
-        dims.update(rearrange(block, "v t d -> t v d"))
-        # + offset: sample ids are indices into the whole windows, whichever rank or shard runs
-        window = batch.index.to(device)[flat // batch.mask.shape[1]] + offset
-        position = flat % batch.mask.shape[1]
-        # Ids do not depend on batching: global window index and position, then the dimension.
-        ids = rearrange((window * width + position)[:, None] * d + dim_ids, "t d -> (t d)")
-        keys = permute_ids(ids, seed)
-        pos = picked.candidates(keys)
-        if pos.numel():
-            t_idx, d_idx = pos // d, pos % d
-            picked.update(keys[pos], samples[pos],
-                          torch.stack([window[t_idx], position[t_idx], d_idx], dim=1))
-    accs = {"moments": moments, "hist": hist, "dims": dims, "sample": picked}
-    if ctx is not None:
-        accs = ctx.reduce_all(accs)
-    if int(accs["moments"].count) == 0 and shard is None:
-        raise WorkbenchError("no positions left to analyse: every window has only its first "
-                             "position, which is left out; give longer text, or count it too "
-                             "(`workbench distributions --keep-first`; skip_first=False in "
-                             "Python)")
-    settings = {"skip_first": skip_first, "bins": bins, "value_range": list(value_range),
-                "symlog": symlog, "edges": edge_rule, "sample": sample, "scatter_points": scatter_points,
-                "layer": layer, "pair_layers": list(pair_layers), "seed": seed,
-                "batch_size": batch_size}
-    token_labels = None
-    if len(windows) == 1:
-        from workbench.views.tokens import decode_each
+    from workbench import capture, identity
 
-        token_labels = decode_each(model.tokenizer, windows.tokens[0][windows.mask[0]].tolist())
-    meta = artifacts.run_metadata(model, windows, **settings)
-    if shard is not None:
-        meta["shard"] = shard_metadata(windows, *shard)
-    return result_from_states(accs, labels, settings, meta, token_labels)
+    reducer = DistributionsReducer(model, windows, batch_size=batch_size, **options)
+    part, offset = local_part(windows, shard, ctx)
+    fp = identity.fingerprint(artifacts.run_metadata(model, windows, **reducer.settings),
+                              batch_size=batch_size, window_offset=offset)
+    capture.run(model, part, [reducer], batch_size=batch_size, progress=progress,
+                window_offset=offset, ctx=ctx, checkpoint_dir=checkpoint_dir,
+                checkpoint_name="distributions", fingerprint=fp, resume=resume)
+    return reducer.result(shard)  # the caller saves, then drops the checkpoint
 
 
 def result_from_states(accs: dict, labels: list[str], settings: dict, meta: dict,

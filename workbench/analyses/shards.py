@@ -17,17 +17,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from workbench.errors import WorkbenchError
-
-# Settings that change how the work was done, not what was computed.
-IGNORED_SETTINGS = ("batch_size", "resume", "checkpoint_every", "progress")
-DATA_IDENTITY = ("source", "sha256", "window", "stride", "bos", "n_documents")
-# The device is recorded but not part of it: a CPU shard and a CUDA shard of one build merge.
-IDENTITY = ("model", "weights_sha256_16", "dtype", "weight_processing", "tokenizer",
-            "tokenizer_vocab", "n_layers", "d_model", "d_vocab")
-
-
-def _settings(meta: dict) -> dict:
-    return {k: v for k, v in (meta.get("settings") or {}).items() if k not in IGNORED_SETTINGS}
+from workbench.identity import DATA as DATA_IDENTITY
+from workbench.identity import MODEL as IDENTITY
+from workbench.identity import data_of
+from workbench.identity import settings_of as _settings
 
 
 def _differs(what: str, values: list, names: list[str]) -> WorkbenchError:
@@ -58,7 +51,7 @@ def check_parts(metas: list[dict], paths: list[str | Path]) -> list[int]:
         raise WorkbenchError(f"{plain} are not --shard parts but the others are; merge the "
                              "parts of one sharded build together, then merge whole builds")
     # a part may record its own slice's window and token counts: compare what names the data
-    data = [{k: (m.get("data") or {}).get(k) for k in DATA_IDENTITY} for m in metas]
+    data = [data_of(m) for m in metas]
     if any(d != data[0] for d in data):
         raise _differs("data (source, sha256, window, stride)", data, names)
     counts = {int(s["count"]) for s in shards}

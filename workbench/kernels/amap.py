@@ -34,7 +34,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from workbench.errors import WorkbenchError
-from workbench.kernels.state import checked_state
+from workbench.kernels.state import Accumulator
 
 MODES = ("input", "output")
 SUM_DTYPES = {"float16": torch.float16, "float32": torch.float32, "float64": torch.float64}
@@ -88,7 +88,7 @@ def check_fits(nbytes: int, device: torch.device, limit: int | None = None,
     )
 
 
-class Amap:
+class Amap(Accumulator):
     """Per-mode sums ``[layer, V+W, mlp]`` and int64 counts ``[V+W]``, plus each unit's max."""
 
     def __init__(self, n_layers: int, d_vocab: int, d_mlp: int,
@@ -99,35 +99,32 @@ class Amap:
             raise WorkbenchError(f"modes {list(modes)}: give one or both of {', '.join(MODES)}")
         if dtype not in SUM_DTYPES.values():
             raise WorkbenchError(f"sum dtype {dtype} is not one of {', '.join(SUM_DTYPES)}")
+        super().__init__()
         self.n_layers, self.d_vocab, self.d_mlp = int(n_layers), int(d_vocab), int(d_mlp)
         self.modes = tuple(modes)
         self.n_positions = int(n_positions)
         self.dtype = dtype
         device = torch.device(device)
-        n_keys = self.n_keys
-        self.sums = {m: torch.zeros(n_layers, n_keys, d_mlp, dtype=dtype, device=device)
-                     for m in self.modes}
-        self.counts = {m: torch.zeros(n_keys, dtype=torch.long, device=device) for m in self.modes}
-        self.act_max = torch.full((n_layers, d_mlp), -torch.inf, dtype=torch.float32,
-                                  device=device)
+        for m in self.modes:
+            self.add_state(f"sum.{m}", torch.zeros(n_layers, self.n_keys, d_mlp, dtype=dtype,
+                                                   device=device), "sum")
+            self.add_state(f"count.{m}", torch.zeros(self.n_keys, dtype=torch.long, device=device),
+                           "sum")
+        self.add_state("act_max", torch.full((n_layers, d_mlp), -torch.inf, dtype=torch.float32,
+                                             device=device), "max")
 
     @property
     def n_keys(self) -> int:
         return self.d_vocab + self.n_positions
 
     @property
-    def device(self) -> torch.device:
-        return self.act_max.device
+    def sums(self) -> dict[str, Tensor]:
+        """``{mode: [layer, key, mlp]}`` (the states themselves: in-place updates land)."""
+        return {m: self.states[f"sum.{m}"] for m in self.modes}
 
     @property
-    def REDUCE(self) -> dict[str, str]:  # noqa: N802 (the torchmetrics-style declaration)
-        """How each state combines across processes (see ``workbench.kernels.state``)."""
-        out = {}
-        for m in self.modes:
-            out[f"sum.{m}"] = "sum"
-            out[f"count.{m}"] = "sum"
-        out["act_max"] = "max"
-        return out
+    def counts(self) -> dict[str, Tensor]:
+        return {m: self.states[f"count.{m}"] for m in self.modes}
 
     def position_keys(self, n_pos: int) -> Int[Tensor, " pos"]:
         """Key ids of the pseudo-tokens ``[POS_0..POS_{n_pos-1}]``."""
@@ -143,8 +140,12 @@ class Amap:
         acts: Float[Tensor, "layer batch pos mlp"],
         mask: Bool[Tensor, "batch pos"],
         keys: Mapping[str, Int[Tensor, "batch pos"]],
+        position_shift: int = 0,
     ) -> Amap:
-        """Add one batch: ``keys[mode]`` is the token id keyed at each position, per mode."""
+        """Add one batch: ``keys[mode]`` is the token id keyed at each position, per mode.
+
+        ``position_shift``: window position p counts as ``[POS_{p - shift}]`` (1 when the masked
+        first position is a BOS that is no key, so ``[POS_0]`` is the first text token)."""
         if set(keys) != set(self.modes):
             raise WorkbenchError(f"update needs keys for modes {self.modes}, got {sorted(keys)}")
         dev = self.device
@@ -156,7 +157,9 @@ class Amap:
         vals = vals.to(self.dtype)
         pos_keys = None
         if self.n_positions:
-            pos = self.position_keys(mask.shape[1]).expand(mask.shape[0], -1)
+            pos = self.position_keys(mask.shape[1] - position_shift)
+            pos = torch.cat([pos[:1].expand(position_shift), pos]) if position_shift else pos
+            pos = pos.expand(mask.shape[0], -1)  # the shifted-out columns are masked
             pos_keys = rearrange(pos, "batch pos -> (batch pos)")[flat]
         for m in self.modes:
             k = rearrange(keys[m].to(dev), "batch pos -> (batch pos)")[flat]
@@ -165,14 +168,15 @@ class Amap:
                     f"{m} key ids must be in 0..{self.d_vocab - 1} (got {int(k.min())}.."
                     f"{int(k.max())}): the AMAP was sized for another vocabulary"
                 )
-            self.sums[m].index_add_(1, k, vals)
-            self.counts[m] += torch.bincount(k, minlength=self.n_keys)
+            total, count = self.states[f"sum.{m}"], self.states[f"count.{m}"]
+            total.index_add_(1, k, vals)
+            count += torch.bincount(k, minlength=self.n_keys)
             if pos_keys is not None:
-                self.sums[m].index_add_(1, pos_keys, vals)
-                self.counts[m] += torch.bincount(pos_keys, minlength=self.n_keys)
+                total.index_add_(1, pos_keys, vals)
+                count += torch.bincount(pos_keys, minlength=self.n_keys)
         return self
 
-    def _same_shape(self, other: Amap) -> None:
+    def _check_mergeable(self, other: Amap) -> None:
         mine = (self.n_layers, self.d_vocab, self.d_mlp, self.modes, self.n_positions, self.dtype)
         theirs = (other.n_layers, other.d_vocab, other.d_mlp, other.modes, other.n_positions,
                   other.dtype)
@@ -181,16 +185,6 @@ class Amap:
                 f"cannot merge AMAPs of (layers, vocab, d_mlp, modes, positions, dtype) {theirs} "
                 f"into {mine}: build both with the same model and settings"
             )
-
-    def merge(self, other: Amap) -> Amap:
-        """Fold ``other`` in, state by state, as ``REDUCE`` says (sum, or max for ``act_max``)."""
-        self._same_shape(other)
-        mine, theirs = self.state_dict(), other.state_dict()
-        out = {}
-        for name, op in self.REDUCE.items():
-            b = theirs[name].to(self.device)
-            out[name] = mine[name] + b if op == "sum" else torch.maximum(mine[name], b)
-        return self.load_state_dict(out)
 
     def compute(self) -> dict[str, Tensor]:
         """``mean.{mode}`` [layer, V+W, mlp] fp32 or fp64 (NaN where unseen), ``count.{mode}``."""
@@ -220,36 +214,6 @@ class Amap:
                     out[f"pos0_equals_windows.{m}"] = int(self.counts[m][self.d_vocab]) == n_windows
         return out
 
-    def state_dict(self) -> dict[str, Tensor]:
-        out = {}
-        for m in self.modes:
-            out[f"sum.{m}"] = self.sums[m].clone()
-            out[f"count.{m}"] = self.counts[m].clone()
-        out["act_max"] = self.act_max.clone()
-        return out
-
-    def expected(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-        shapes = {}
-        for m in self.modes:
-            shapes[f"sum.{m}"] = ((self.n_layers, self.n_keys, self.d_mlp), self.dtype)
-            shapes[f"count.{m}"] = ((self.n_keys,), torch.long)
-        shapes["act_max"] = ((self.n_layers, self.d_mlp), torch.float32)
-        return shapes
-
-    def load_state_dict(self, state: Mapping[str, Tensor]) -> Amap:
-        checked = checked_state("Amap", dict(state), self.expected(), self.device)
-        for m in self.modes:
-            self.sums[m] = checked[f"sum.{m}"]
-            self.counts[m] = checked[f"count.{m}"]
-        self.act_max = checked["act_max"]
-        return self
-
-    def to(self, device: str | torch.device) -> Amap:
-        self.sums = {m: t.to(device) for m, t in self.sums.items()}
-        self.counts = {m: t.to(device) for m, t in self.counts.items()}
-        self.act_max = self.act_max.to(device)
-        return self
-
     @classmethod
     def from_state(cls, state: Mapping[str, Tensor], n_positions: int) -> Amap:
         """An ``Amap`` rebuilt from its state dict (modes and sizes read off the tensors)."""
@@ -261,4 +225,4 @@ class Amap:
         amap = cls(n_layers, n_keys - n_positions, d_mlp, modes, n_positions, s.dtype, "cpu")
         if "act_max" not in state:  # artifacts written without it still load
             state = {**state, "act_max": torch.full((n_layers, d_mlp), torch.nan)}
-        return amap.load_state_dict({k: state[k] for k in amap.expected()})
+        return amap.load_state_dict({k: state[k] for k in amap.states})

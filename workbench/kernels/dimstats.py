@@ -17,12 +17,12 @@ from torch import Tensor
 
 from workbench.errors import WorkbenchError
 from workbench.kernels.moments import chan_merge
-from workbench.kernels.state import checked_state
+from workbench.kernels.state import Accumulator
 
 F64 = torch.float64
 
 
-class DimStats:
+class DimStats(Accumulator):
     """Count, mean, centered sum of squares and max |x| for each (variable, dimension).
 
     >>> x = torch.randn(50, 2, 4)
@@ -31,21 +31,17 @@ class DimStats:
     True
     """
 
-    REDUCE = {"count": "merge", "mean": "merge", "m2": "merge", "maxabs": "max"}
     CHUNK = 1 << 18  # fp64 elements centered at a time (2 MiB)
 
     def __init__(self, n_vars: int, d: int, device: torch.device | str | None = None):
         if n_vars < 1 or d < 1:
             raise WorkbenchError(f"DimStats needs n_vars >= 1 and d >= 1, got {n_vars}, {d}")
+        super().__init__()
         self.n_vars, self.d = n_vars, d
-        self.count: Int[Tensor, ""] = torch.zeros((), dtype=torch.int64, device=device)
-        self.mean: Float[Tensor, "v d"] = torch.zeros(n_vars, d, dtype=F64, device=device)
-        self.m2: Float[Tensor, "v d"] = torch.zeros(n_vars, d, dtype=F64, device=device)
-        self.maxabs: Float[Tensor, "v d"] = torch.zeros(n_vars, d, dtype=F64, device=device)
-
-    @property
-    def device(self) -> torch.device:
-        return self.mean.device
+        self.add_state("count", torch.zeros((), dtype=torch.int64, device=device), "merge")
+        self.add_state("mean", torch.zeros(n_vars, d, dtype=F64, device=device), "merge")
+        self.add_state("m2", torch.zeros(n_vars, d, dtype=F64, device=device), "merge")
+        self.add_state("maxabs", torch.zeros(n_vars, d, dtype=F64, device=device), "max")
 
     def update(self, x: Float[Tensor, "n v d"]) -> DimStats:
         """Fold in ``n`` samples (tokens) of every (variable, dimension)."""
@@ -100,7 +96,7 @@ class DimStats:
         spread = (means - mean).square_().mul_(counts)
         return mean, m2s.sum(0) + spread.sum(0), maxabs
 
-    def merge(self, other: DimStats) -> DimStats:
+    def _check_mergeable(self, other) -> None:
         if not isinstance(other, DimStats) or (other.n_vars, other.d) != (self.n_vars, self.d):
             got = (f"[{other.n_vars}, {other.d}]" if isinstance(other, DimStats)
                    else type(other).__name__)
@@ -108,12 +104,12 @@ class DimStats:
                 f"cannot merge DimStats over [{self.n_vars}, {self.d}] with {got}; merge only "
                 "statistics of the same model (same layers and width)"
             )
-        dev = self.device
+
+    def _merge(self, other: DimStats) -> None:
+        dev = self.device  # maxabs ("max") is already folded by the base
         self.count, self.mean, self.m2 = chan_merge(
             self.count, self.mean, self.m2,
             other.count.to(dev), other.mean.to(dev), other.m2.to(dev), outer=False)
-        self.maxabs = torch.maximum(self.maxabs, other.maxabs.to(dev))
-        return self
 
     def std(self) -> Float[Tensor, "v d"]:
         """Unbiased (n - 1) standard deviation; NaN with fewer than two samples."""
@@ -137,19 +133,3 @@ class DimStats:
     def compute(self) -> dict[str, Tensor]:
         return {"count": self.count.clone(), "mean": self.mean.clone(), "std": self.std(),
                 "maxabs": self.maxabs.clone()}
-
-    def state_dict(self) -> dict[str, Tensor]:
-        return {"count": self.count.clone(), "mean": self.mean.clone(), "m2": self.m2.clone(),
-                "maxabs": self.maxabs.clone()}
-
-    def load_state_dict(self, state: dict[str, Tensor]) -> DimStats:
-        vd = (self.n_vars, self.d)
-        s = checked_state("DimStats", state, {"count": ((), torch.int64), "mean": (vd, F64),
-                                              "m2": (vd, F64), "maxabs": (vd, F64)}, self.device)
-        self.count, self.mean, self.m2, self.maxabs = s["count"], s["mean"], s["m2"], s["maxabs"]
-        return self
-
-    def to(self, device: torch.device | str) -> DimStats:
-        for name in ("count", "mean", "m2", "maxabs"):
-            setattr(self, name, getattr(self, name).to(device))
-        return self

@@ -23,7 +23,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from workbench.errors import WorkbenchError
-from workbench.kernels.state import checked_state
+from workbench.kernels.state import Accumulator
 
 F64 = torch.float64
 Real = float | int  # the runtime checker does not widen int to float by itself
@@ -152,7 +152,7 @@ class _UniformRule:
         return ids
 
 
-class Histogram:
+class Histogram(Accumulator):
     """Int64 counts of ``n_vars`` variables over fixed fp64 ``edges``, plus under/over/NaN.
 
     >>> h = Histogram(linear_edges(-1, 1, 4), n_vars=2)
@@ -161,25 +161,22 @@ class Histogram:
     ([[1, 0, 0, 1], [0, 0, 1, 0]], [0, 1])
     """
 
-    REDUCE = {"counts": "sum", "under": "sum", "over": "sum", "nan": "sum", "edges": "merge"}
     CHUNK = 1 << 18  # values binned at a time on CPU
 
     def __init__(self, edges, n_vars: int, device: torch.device | str | None = None):
         if n_vars < 1:
             raise WorkbenchError(f"Histogram needs at least one variable, got n_vars={n_vars}")
+        super().__init__()
         self.n_vars = n_vars
-        self.edges: Float[Tensor, " e"] = _check_edges(edges).to(device)
+        # The edges are a state (saved, checked equal on load and merge), combined by "merge".
+        self.add_state("edges", _check_edges(edges).to(device), "merge")
         self.bins = self.edges.numel() - 1
         z = {"dtype": torch.int64, "device": self.edges.device}
-        self.counts: Int[Tensor, "v b"] = torch.zeros(n_vars, self.bins, **z)
-        self.under: Int[Tensor, " v"] = torch.zeros(n_vars, **z)
-        self.over: Int[Tensor, " v"] = torch.zeros(n_vars, **z)
-        self.nan: Int[Tensor, " v"] = torch.zeros(n_vars, **z)
+        self.add_state("counts", torch.zeros(n_vars, self.bins, **z), "sum")
+        self.add_state("under", torch.zeros(n_vars, **z), "sum")
+        self.add_state("over", torch.zeros(n_vars, **z), "sum")
+        self.add_state("nan", torch.zeros(n_vars, **z), "sum")
         self._rules: dict = {}
-
-    @property
-    def device(self) -> torch.device:
-        return self.edges.device
 
     def _rule(self, dtype: torch.dtype) -> _UniformRule | None:
         """The arithmetic rule for this input dtype, or None to use the binary search."""
@@ -243,32 +240,18 @@ class Histogram:
                 "other's edges (same --bins/--range/--symlog)"
             )
 
-    def merge(self, other: Histogram) -> Histogram:
-        """Add another histogram's counts (same edges and variables)."""
-        self._check_compatible(other)
-        for name in ("counts", "under", "over", "nan"):
-            getattr(self, name).add_(getattr(other, name).to(self.device))
-        return self
+    _check_mergeable = _check_compatible
+
+    def _merge(self, other: Histogram) -> None:
+        """Nothing to fold: the sums are added by the base; equal edges were checked."""
 
     def compute(self) -> dict[str, Tensor]:
         return {**self.state_dict(), "n_samples": self.n_samples}
 
-    def state_dict(self) -> dict[str, Tensor]:
-        return {"edges": self.edges.clone(), "counts": self.counts.clone(),
-                "under": self.under.clone(), "over": self.over.clone(), "nan": self.nan.clone()}
-
-    def load_state_dict(self, state: dict[str, Tensor]) -> Histogram:
-        v, b = self.n_vars, self.bins
-        i64 = torch.int64
-        s = checked_state("Histogram", state, {
-            "edges": ((b + 1,), F64), "counts": ((v, b), i64), "under": ((v,), i64),
-            "over": ((v,), i64), "nan": ((v,), i64)}, self.device)
-        if not torch.equal(s["edges"], self.edges):
+    def _check_loaded(self, state: dict[str, Tensor]) -> None:
+        if not torch.equal(state["edges"], self.edges):
             raise WorkbenchError("the saved histogram has different edges than this one; build the "
                                  "Histogram with the saved edges (Histogram.from_state_dict)")
-        for name in ("counts", "under", "over", "nan"):
-            setattr(self, name, s[name])
-        return self
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Tensor],
@@ -276,8 +259,3 @@ class Histogram:
         if "edges" not in state or "counts" not in state:
             raise WorkbenchError("not a Histogram state: needs 'edges' and 'counts'")
         return cls(state["edges"], int(state["counts"].shape[0]), device).load_state_dict(state)
-
-    def to(self, device: torch.device | str) -> Histogram:
-        for name in ("edges", "counts", "under", "over", "nan"):
-            setattr(self, name, getattr(self, name).to(device))
-        return self

@@ -21,7 +21,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from workbench.kernels.state import checked_state
+from workbench.kernels.state import Accumulator
 
 STATES = ("log_rank_sum", "top1_hits", "rank_hist", "agree_count", "kl_sum", "entropy_sum",
           "n_targets", "n_positions")
@@ -38,26 +38,24 @@ def rank_edges(vocab: int) -> Int[Tensor, " edges"]:
     return 2 ** torch.arange(m + 1, dtype=torch.long)
 
 
-class LensStats:
+class LensStats(Accumulator):
     """Sums per lens: log-rank, rank-1 hits, rank histogram, agreement, KL, entropy; and counts."""
 
-    REDUCE = dict.fromkeys(STATES, "sum")  # see workbench.kernels.state
-
     def __init__(self, n_lens: int, vocab: int, device: str | torch.device = "cpu"):
+        super().__init__()
         self.n_lens = n_lens
         self.vocab = vocab
-        self.edges = rank_edges(vocab).to(device)
+        self.add_buffer("edges", rank_edges(vocab).to(device))
         bins = self.edges.numel() - 1
         f64 = {"dtype": torch.float64, "device": device}
         i64 = {"dtype": torch.long, "device": device}
-        self.log_rank_sum = torch.zeros(n_lens, **f64)
-        self.top1_hits = torch.zeros(n_lens, **i64)
-        self.rank_hist = torch.zeros(n_lens, bins, **i64)
-        self.agree_count = torch.zeros(n_lens, **i64)
-        self.kl_sum = torch.zeros(n_lens, **f64)
-        self.entropy_sum = torch.zeros(n_lens, **f64)
-        self.n_targets = torch.zeros((), **i64)
-        self.n_positions = torch.zeros((), **i64)
+        shapes = {"log_rank_sum": ((n_lens,), f64), "top1_hits": ((n_lens,), i64),
+                  "rank_hist": ((n_lens, bins), i64), "agree_count": ((n_lens,), i64),
+                  "kl_sum": ((n_lens,), f64), "entropy_sum": ((n_lens,), f64),
+                  "n_targets": ((), i64), "n_positions": ((), i64)}
+        for name in STATES:  # every state is a sum: merges and all-reduces are additions
+            shape, kind = shapes[name]
+            self.add_state(name, torch.zeros(shape, **kind), "sum")
 
     def update(
         self,
@@ -67,7 +65,7 @@ class LensStats:
         agreement: Bool[Tensor, "lens batch pos"],
         mask: Bool[Tensor, "batch pos"],
     ) -> LensStats:
-        dev = self.log_rank_sum.device
+        dev = self.device
         ranks, mask = ranks.to(dev), mask.to(dev)
         has = ranks > 0  # [lens, batch, pos]; the same positions on every lens
         r = ranks.clamp(min=1).double()
@@ -87,15 +85,12 @@ class LensStats:
         self.n_positions += mask.sum()
         return self
 
-    def merge(self, other: LensStats) -> LensStats:
+    def _check_mergeable(self, other) -> None:
         if (other.n_lens, other.vocab) != (self.n_lens, self.vocab):
             raise ValueError(
                 f"cannot merge lens statistics of {other.n_lens} lenses / vocab {other.vocab} "
                 f"into {self.n_lens} / {self.vocab}: they come from different models"
             )
-        for name in STATES:
-            getattr(self, name).add_(getattr(other, name).to(getattr(self, name).device))
-        return self
 
     def compute(self) -> dict[str, Tensor]:
         """Per-lens means (NaN when nothing was seen), histogram, edges and counts."""
@@ -113,44 +108,38 @@ class LensStats:
             "n_positions": self.n_positions.clone(),
         }
 
-    def state_dict(self) -> dict[str, Tensor]:
-        return {name: getattr(self, name).clone() for name in STATES}
 
-    def load_state_dict(self, state: dict[str, Tensor]) -> LensStats:
-        """Load a ``state_dict`` of an accumulator of the same lenses and vocabulary (the rank
-        histogram's width follows from the vocabulary)."""
-        expected = {name: (tuple(getattr(self, name).shape), getattr(self, name).dtype)
-                    for name in STATES}
-        for name, t in checked_state("LensStats", state, expected, self.edges.device).items():
-            setattr(self, name, t)
-        return self
+class WindowRanks(Accumulator):
+    """Per-window read-outs kept whole (int32: O(lenses x tokens), never logits), indexed by
+    global window id.
 
-    def to(self, device: str | torch.device) -> LensStats:
-        for name in (*STATES, "edges"):
-            setattr(self, name, getattr(self, name).to(device))
-        return self
-
-
-class WindowRanks:
-    """Per-window read-outs kept whole (int32 on the CPU: O(lenses x tokens), never logits).
-
-    Padding and positions without a next token hold -1 (the kernel's 0 there is "no target").
+    Padding and positions without a next token hold -1 (the kernel's 0 there is "no target"). A
+    window is filled by exactly one batch and ranks are >= 1, so the states reduce by ``"max"``:
+    shards and ranks that each filled their own windows merge into the whole.
     """
 
-    def __init__(self, n_lens: int, n: int, width: int, n_watch: int | None) -> None:
+    def __init__(self, n_lens: int, n: int, width: int, n_watch: int | None,
+                 device: str | torch.device = "cpu") -> None:
         """``n`` windows of ``width`` positions each; ``n_watch`` watched tokens (or None)."""
-        self.ranks = torch.full((n_lens, n, max(0, width - 1)), -1, dtype=torch.int32)
-        self.watch_ranks = None if n_watch is None else \
-            torch.full((n_lens, n, width, n_watch), -1, dtype=torch.int32)
+        super().__init__()
+        self.add_state("ranks", torch.full((n_lens, n, max(0, width - 1)), -1, dtype=torch.int32,
+                                           device=device), "max")
+        if n_watch is not None:
+            self.add_state("watch_ranks", torch.full((n_lens, n, width, n_watch), -1,
+                                                     dtype=torch.int32, device=device), "max")
 
     def update(self, index: Int[Tensor, " b"], ranks: Int[Tensor, "lens b pos"],
                watch_ranks: Int[Tensor, "lens b pos w"] | None, mask: Bool[Tensor, "b pos"]) -> None:
         """Fold in one batch (batches are trimmed to their longest window: ``pos`` <= width)."""
         pos = ranks.shape[-1]
-        idx = index.cpu()
+        dev = self.device
+        idx = index.to(dev)
         # The batch's last column never has a next token; keep ranks as 1.. and -1 for none.
         got = torch.where(ranks > 0, ranks, -1)[..., : pos - 1]
-        self.ranks[:, idx, : pos - 1] = got.to(device="cpu", dtype=torch.int32)
-        if self.watch_ranks is not None and watch_ranks is not None:
+        self.ranks[:, idx, : pos - 1] = got.to(device=dev, dtype=torch.int32)
+        if "watch_ranks" in self.states and watch_ranks is not None:
             w = torch.where(mask[None, ..., None], watch_ranks, -1)
-            self.watch_ranks[:, idx, :pos] = w.to(device="cpu", dtype=torch.int32)
+            self.watch_ranks[:, idx, :pos] = w.to(device=dev, dtype=torch.int32)
+
+    def compute(self) -> dict[str, Tensor]:
+        return self.state_dict()

@@ -28,7 +28,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from workbench.errors import WorkbenchError
-from workbench.kernels.state import checked_state
+from workbench.kernels.state import Accumulator
 
 F64 = torch.float64
 
@@ -54,7 +54,7 @@ def chan_merge(
     return n, mean, m_a + m_b + spread * (na * nb / safe)
 
 
-class Moments:
+class Moments(Accumulator):
     """Count, mean and centered co-moment of ``n_vars`` variables, mergeable and exact in fp64.
 
     >>> x = torch.randn(1000, 3, dtype=torch.float32)
@@ -65,20 +65,16 @@ class Moments:
     True
     """
 
-    REDUCE = {"count": "merge", "mean": "merge", "comoment": "merge"}
     CHUNK = 1 << 18  # fp64 elements centered at a time (2 MiB)
 
     def __init__(self, n_vars: int, device: torch.device | str | None = None):
         if n_vars < 1:
             raise WorkbenchError(f"Moments needs at least one variable, got n_vars={n_vars}")
+        super().__init__()
         self.n_vars = n_vars
-        self.count: Int[Tensor, ""] = torch.zeros((), dtype=torch.int64, device=device)
-        self.mean: Float[Tensor, " v"] = torch.zeros(n_vars, dtype=F64, device=device)
-        self.comoment: Float[Tensor, "v v"] = torch.zeros(n_vars, n_vars, dtype=F64, device=device)
-
-    @property
-    def device(self) -> torch.device:
-        return self.mean.device
+        self.add_state("count", torch.zeros((), dtype=torch.int64, device=device), "merge")
+        self.add_state("mean", torch.zeros(n_vars, dtype=F64, device=device), "merge")
+        self.add_state("comoment", torch.zeros(n_vars, n_vars, dtype=F64, device=device), "merge")
 
     def update(self, x: Float[Tensor, "n v"]) -> Moments:
         """Fold in a batch of ``n`` samples (rows) of the ``v`` variables (columns)."""
@@ -135,20 +131,20 @@ class Moments:
         comoment.addmm_(spread * counts, spread.T)
         return mean, comoment
 
-    def merge(self, other: Moments) -> Moments:
-        """Fold in another accumulator: the same as having seen its samples too."""
+    def _check_mergeable(self, other) -> None:
         if not isinstance(other, Moments) or other.n_vars != self.n_vars:
             got = f"{other.n_vars} variables" if isinstance(other, Moments) else type(other).__name__
             raise WorkbenchError(
                 f"cannot merge Moments over {self.n_vars} variables with {got}; "
                 "merge only accumulators built over the same variables (same model layers)"
             )
+
+    def _merge(self, other: Moments) -> None:
+        dev = self.device
         self.count, self.mean, self.comoment = chan_merge(
             self.count, self.mean, self.comoment,
-            other.count.to(self.device), other.mean.to(self.device),
-            other.comoment.to(self.device), outer=True,
+            other.count.to(dev), other.mean.to(dev), other.comoment.to(dev), outer=True,
         )
-        return self
 
     # read-outs -------------------------------------------------------------------------------
 
@@ -186,27 +182,9 @@ class Moments:
         return {"count": self.count.clone(), "mean": self.mean.clone(), "std": self.std(),
                 "cov": self.cov(), "corr": self.corr(), "r2": self.r2()}
 
-    # state -----------------------------------------------------------------------------------
-
-    def state_dict(self) -> dict[str, Tensor]:
-        return {"count": self.count.clone(), "mean": self.mean.clone(),
-                "comoment": self.comoment.clone()}
-
-    def load_state_dict(self, state: dict[str, Tensor]) -> Moments:
-        v = self.n_vars
-        s = checked_state("Moments", state, {"count": ((), torch.int64), "mean": ((v,), F64),
-                                             "comoment": ((v, v), F64)}, self.device)
-        self.count, self.mean, self.comoment = s["count"], s["mean"], s["comoment"]
-        return self
-
     @classmethod
     def from_state_dict(cls, state: dict[str, Tensor],
                         device: torch.device | str | None = None) -> Moments:
         if "mean" not in state:
             raise WorkbenchError("not a Moments state: no 'mean' tensor")
         return cls(int(state["mean"].shape[0]), device=device).load_state_dict(state)
-
-    def to(self, device: torch.device | str) -> Moments:
-        self.count, self.mean, self.comoment = (
-            self.count.to(device), self.mean.to(device), self.comoment.to(device))
-        return self

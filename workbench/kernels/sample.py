@@ -19,7 +19,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from workbench.errors import WorkbenchError
-from workbench.kernels.state import checked_state
+from workbench.kernels.state import Accumulator
 
 MASK31 = (1 << 31) - 1
 _MULT = (0x5BD1E995, 0x2C1B3C6D, 0x297A2D39, 0x6B43A9B5)  # odd, < 2^31: products stay < 2^62
@@ -48,23 +48,20 @@ def permute_ids(ids: Int[Tensor, "*s"], seed: int = 0) -> Int[Tensor, "*s"]:
     return (hi << 31) | lo
 
 
-class BottomK:
+class BottomK(Accumulator):
     """The ``k`` items with the smallest keys, with their values (fp64) and ids (int64)."""
-
-    REDUCE = {"keys": "merge", "values": "merge", "ids": "merge"}
 
     def __init__(self, k: int, n_values: int, n_ids: int = 1,
                  device: torch.device | str | None = None):
         if k < 0:
             raise WorkbenchError(f"sample size must be >= 0, got {k}")
+        super().__init__()
         self.k, self.n_values, self.n_ids = k, n_values, n_ids
-        self.keys: Int[Tensor, " m"] = torch.zeros(0, dtype=torch.int64, device=device)
-        self.values: Float[Tensor, "m nv"] = torch.zeros(0, n_values, dtype=torch.float64, device=device)
-        self.ids: Int[Tensor, "m ni"] = torch.zeros(0, n_ids, dtype=torch.int64, device=device)
-
-    @property
-    def device(self) -> torch.device:
-        return self.keys.device
+        # Up to k items, sorted by key (the sample grows until it is full).
+        self.add_state("keys", torch.zeros(0, dtype=torch.int64, device=device), "merge")
+        self.add_state("values", torch.zeros(0, n_values, dtype=torch.float64, device=device),
+                       "merge")
+        self.add_state("ids", torch.zeros(0, n_ids, dtype=torch.int64, device=device), "merge")
 
     def candidates(self, keys: Int[Tensor, " n"]) -> Int[Tensor, " m"]:
         """Positions in ``keys`` that can still enter the sample (at most k, smallest first)."""
@@ -112,34 +109,25 @@ class BottomK:
             values, ids = values.index_select(0, order), ids.index_select(0, order)
         return keys, values, ids
 
-    def _keep(self, keys: Tensor, values: Tensor, ids: Tensor) -> None:
-        keys, values, ids = self._sorted(keys, values, ids)
-        self.keys, self.values, self.ids = keys[: self.k], values[: self.k], ids[: self.k]
-
-    def merge(self, other: BottomK) -> BottomK:
+    def _check_mergeable(self, other) -> None:
         if not isinstance(other, BottomK) or (other.k, other.n_values, other.n_ids) != (
                 self.k, self.n_values, self.n_ids):
             raise WorkbenchError("cannot merge samples of different sizes or widths; build both "
                                  "with the same k and the same layers")
-        return self.update(other.keys, other.values, other.ids)
+
+    def _merge(self, other: BottomK) -> None:
+        self.update(other.keys, other.values, other.ids)
 
     def compute(self) -> dict[str, Tensor]:
         return self.state_dict()
 
-    def state_dict(self) -> dict[str, Tensor]:
-        return {"keys": self.keys.clone(), "values": self.values.clone(), "ids": self.ids.clone()}
-
-    def load_state_dict(self, state: dict[str, Tensor]) -> BottomK:
+    def expected(self, state) -> dict:
         m = int(state["keys"].shape[0]) if "keys" in state else 0
         if m > self.k:
             raise WorkbenchError(f"saved sample holds {m} items, more than k={self.k}")
-        s = checked_state("BottomK", state, {
-            "keys": ((m,), torch.int64), "values": ((m, self.n_values), torch.float64),
-            "ids": ((m, self.n_ids), torch.int64)}, self.device)
-        self._keep(s["keys"], s["values"], s["ids"])
-        return self
+        return {"keys": ((m,), torch.int64), "values": ((m, self.n_values), torch.float64),
+                "ids": ((m, self.n_ids), torch.int64)}
 
-    def to(self, device: torch.device | str) -> BottomK:
-        self.keys, self.values, self.ids = (
-            self.keys.to(device), self.values.to(device), self.ids.to(device))
-        return self
+    def _check_loaded(self, state: dict[str, Tensor]) -> None:
+        state["keys"], state["values"], state["ids"] = self._sorted(
+            state["keys"], state["values"], state["ids"])

@@ -1,58 +1,73 @@
 """``TopWindows``: the k windows that activate each unit most (its max-activating contexts).
 
-1. ``top = TopWindows(n_layers, d_mlp, k=8)``.
+1. ``top = TopWindows(n_layers, d_mlp, k=8, span=16)``.
 2. For each batch: ``top.update(acts, mask, window_ids)``; a window's score for a unit is the unit's
    largest activation over the window's real positions (one window counts once per unit).
 3. ``top.merge(other)`` keeps the best k of both (bottom-k selection: REDUCE ``"merge"``).
 4. ``top.compute()`` → ``values`` / ``windows`` / ``positions`` ``[layer, mlp, k]``, best first;
-   slots never filled hold value -inf and window -1.
+   slots never filled hold value -inf and window -1. With ``span > 0`` it also keeps, from the same
+   pass, the unit's activation at ``span`` positions of each kept window around its peak
+   (``acts`` ``[layer, mlp, k, span]``, from window position ``starts`` ``[layer, mlp, k]``; 0 past
+   the window's end): the contexts need no second run of the model.
 
 Equal scores are ordered by window id, so the selection does not depend on batching or merge order.
 
->>> top = TopWindows(n_layers=1, d_mlp=2, k=1)
+>>> top = TopWindows(n_layers=1, d_mlp=2, k=1, span=2)
 >>> acts = torch.tensor([[[[1.0, 0.0], [3.0, -1.0]]]])            # [layer, batch, pos, mlp]
 >>> _ = top.update(acts, torch.tensor([[True, True]]), torch.tensor([7]))
 >>> top.compute()["positions"].tolist()                           # unit 0 peaks at pos 1
 [[[1], [0]]]
+>>> top.compute()["acts"][0, 0, 0].tolist()                       # unit 0 at positions 0, 1
+[1.0, 3.0]
 """
 
 from __future__ import annotations
-
-from collections.abc import Mapping
 
 import torch
 from einops import rearrange
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from workbench.kernels.state import checked_state
-
-STATES = ("values", "windows", "positions")
+from workbench.kernels.state import Accumulator
 
 
-class TopWindows:
-    REDUCE = {"values": "merge", "windows": "merge", "positions": "merge"}
+def snippet_starts(peak: Tensor, length: Tensor, span: int) -> Tensor:
+    """First position of the ``span`` kept around ``peak``: mostly what led to it (a quarter of
+    the span after it), inside ``[0, length)`` where the window is long enough.
 
-    def __init__(self, n_layers: int, d_mlp: int, k: int = 8, device: str | torch.device = "cpu"):
-        self.n_layers, self.d_mlp, self.k = int(n_layers), int(d_mlp), int(k)
+    >>> snippet_starts(torch.tensor([0, 10, 14]), torch.tensor([15, 15, 15]), 8).tolist()
+    [0, 5, 7]
+    """
+    after = span // 4
+    start = (peak - (span - 1 - after)).clamp(min=0)
+    return torch.minimum(start, (length - span).clamp(min=0))
+
+
+class TopWindows(Accumulator):
+    def __init__(self, n_layers: int, d_mlp: int, k: int = 8, device: str | torch.device = "cpu",
+                 span: int = 0):
+        super().__init__()
+        self.n_layers, self.d_mlp, self.k, self.span = int(n_layers), int(d_mlp), int(k), int(span)
         shape = (self.n_layers, self.d_mlp, self.k)
-        self.values = torch.full(shape, -torch.inf, dtype=torch.float32, device=device)
-        self.windows = torch.full(shape, -1, dtype=torch.long, device=device)
-        self.positions = torch.full(shape, -1, dtype=torch.long, device=device)
+        self.add_state("values", torch.full(shape, -torch.inf, dtype=torch.float32, device=device),
+                       "merge")
+        self.add_state("windows", torch.full(shape, -1, dtype=torch.long, device=device), "merge")
+        self.add_state("positions", torch.full(shape, -1, dtype=torch.long, device=device), "merge")
+        if self.span:
+            self.add_state("starts", torch.full(shape, -1, dtype=torch.long, device=device), "merge")
+            self.add_state("acts", torch.zeros(*shape, self.span, dtype=torch.float32,
+                                               device=device), "merge")
 
-    @property
-    def device(self) -> torch.device:
-        return self.values.device
-
-    def _keep_best(self, values: Tensor, windows: Tensor, positions: Tensor) -> None:
+    def _keep_best(self, cand: dict[str, Tensor]) -> None:
         # Equal maxima are common (a causal model's position 0 sees only its own token): order
         # ties by window id so that any batching or merge order selects the same windows.
-        by_window = windows.argsort(dim=-1, stable=True)
-        values, windows, positions = (t.gather(-1, by_window) for t in (values, windows, positions))
-        idx = values.sort(dim=-1, descending=True, stable=True).indices[..., : self.k]
-        self.values = values.gather(-1, idx)
-        self.windows = windows.gather(-1, idx)
-        self.positions = positions.gather(-1, idx)
+        by_window = cand["windows"].argsort(dim=-1, stable=True)
+        order = cand["values"].gather(-1, by_window).sort(dim=-1, descending=True,
+                                                          stable=True).indices[..., : self.k]
+        sel = by_window.gather(-1, order)
+        for name, t in cand.items():
+            idx = sel if t.ndim == 3 else sel[..., None].expand(-1, -1, -1, t.shape[-1])
+            self.states[name] = t.gather(2, idx)
 
     def update(
         self,
@@ -61,44 +76,36 @@ class TopWindows:
         window_ids: Int[Tensor, " batch"],
     ) -> TopWindows:
         dev = self.device
-        a = acts.to(dev).float()
+        acts, mask = acts.to(dev), mask.to(dev)
         neg = torch.tensor(-torch.inf, device=dev)
-        a = torch.where(rearrange(mask.to(dev), "batch pos -> 1 batch pos 1"), a, neg)
+        a = torch.where(rearrange(mask, "batch pos -> 1 batch pos 1"), acts.float(), neg)
         best, pos = a.max(dim=2)  # [layer, batch, mlp]
-        best = rearrange(best, "layer batch mlp -> layer mlp batch")
-        pos = rearrange(pos, "layer batch mlp -> layer mlp batch")
-        win = window_ids.to(dev).expand(self.n_layers, self.d_mlp, -1)
-        self._keep_best(torch.cat([self.values, best], -1), torch.cat([self.windows, win], -1),
-                        torch.cat([self.positions, pos], -1))
+        new = {"values": rearrange(best, "layer batch mlp -> layer mlp batch"),
+               "positions": rearrange(pos, "layer batch mlp -> layer mlp batch")}
+        new["windows"] = window_ids.to(dev).expand(self.n_layers, self.d_mlp, -1)
+        if self.span:
+            length = mask.sum(1)  # [batch]
+            start = snippet_starts(new["positions"], length, self.span)  # [layer, mlp, batch]
+            idx = start[..., None] + torch.arange(self.span, device=dev)  # [layer, mlp, batch, span]
+            inside = idx < length[:, None]
+            per_unit = rearrange(acts, "layer batch pos mlp -> layer mlp batch pos")
+            got = per_unit.gather(3, idx.clamp(max=acts.shape[2] - 1)).float()
+            new["starts"], new["acts"] = start, torch.where(inside, got, 0.0)
+        self._keep_best({n: torch.cat([self.states[n], new[n]], 2) for n in self.states})
         return self
 
-    def merge(self, other: TopWindows) -> TopWindows:
-        if (other.n_layers, other.d_mlp, other.k) != (self.n_layers, self.d_mlp, self.k):
+    def _check_mergeable(self, other) -> None:
+        mine = (self.n_layers, self.d_mlp, self.k, self.span)
+        theirs = (other.n_layers, other.d_mlp, other.k, other.span)
+        if mine != theirs:
             raise ValueError(
-                f"cannot merge top windows of shape {(other.n_layers, other.d_mlp, other.k)} into "
-                f"{(self.n_layers, self.d_mlp, self.k)}: build both with the same model and k"
+                f"cannot merge top windows of (layers, mlp, k, span) {theirs} into {mine}: build "
+                "both with the same model, k and span"
             )
-        o = {n: getattr(other, n).to(self.device) for n in STATES}
-        self._keep_best(torch.cat([self.values, o["values"]], -1),
-                        torch.cat([self.windows, o["windows"]], -1),
-                        torch.cat([self.positions, o["positions"]], -1))
-        return self
+
+    def _merge(self, other: TopWindows) -> None:
+        self._keep_best({n: torch.cat([t, other.states[n].to(self.device)], 2)
+                         for n, t in self.states.items()})
 
     def compute(self) -> dict[str, Tensor]:
         return self.state_dict()
-
-    def state_dict(self) -> dict[str, Tensor]:
-        return {n: getattr(self, n).clone() for n in STATES}
-
-    def load_state_dict(self, state: Mapping[str, Tensor]) -> TopWindows:
-        shape = (self.n_layers, self.d_mlp, self.k)
-        expected = {"values": (shape, torch.float32), "windows": (shape, torch.long),
-                    "positions": (shape, torch.long)}
-        for name, t in checked_state("TopWindows", dict(state), expected, self.device).items():
-            setattr(self, name, t)
-        return self
-
-    def to(self, device: str | torch.device) -> TopWindows:
-        for n in STATES:
-            setattr(self, n, getattr(self, n).to(device))
-        return self
