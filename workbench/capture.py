@@ -304,6 +304,9 @@ def run(
     for b in batches:
         done_after.append(done_after[-1] + len(b))
     start = 0
+    if checkpoint_dir is not None and ctx is not None and ctx.is_distributed:
+        ckpt.check_world(checkpoint_dir, checkpoint_name, ctx.world)
+        checkpoint_dir = ckpt.where(checkpoint_dir, ctx)  # each rank resumes its own slice
     if checkpoint_dir is not None and ckpt.exists(checkpoint_dir, checkpoint_name):
         where = ckpt.path(checkpoint_dir, checkpoint_name)
         if not resume:

@@ -14,6 +14,7 @@ the batch size; any difference is refused.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -35,10 +36,12 @@ def exists(out_dir: str | Path, name: str) -> bool:
     return p.exists() or p.is_symlink()
 
 
-def save(out_dir: str | Path, name: str, state: dict[str, torch.Tensor], next_batch: int,
+def save(out_dir: str | Path, name: str, state: dict[str, torch.Tensor], batches: int,
          next_window: int, batch_size: int, fp: str) -> None:
+    """``batches``: batches of the plan done (the next one to run); ``next_window``: windows
+    they covered (a check that the plan is the same)."""
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    info = {"next_batch": next_batch, "next_window": next_window, "batch_size": batch_size,
+    info = {"batches": batches, "next_window": next_window, "batch_size": batch_size,
             "fingerprint": fp}
     artifacts.save(path(out_dir, name), state, info)
 
@@ -50,7 +53,7 @@ def load(out_dir: str | Path, name: str, fp: str, batch_size: int, n_batches: in
     covered by the first b batches of the plan)."""
     p = path(out_dir, name)
     state, info = artifacts.load(p, START_OVER)
-    if "next_batch" not in info:
+    if "batches" not in info or "next_window" not in info:
         raise WorkbenchError(f"{p} holds no resume state; delete it and rebuild")
     f = artifacts.Fields(info, p, todo=START_OVER)
     saved_batch = f.int("batch_size", 1)
@@ -66,7 +69,7 @@ def load(out_dir: str | Path, name: str, fp: str, batch_size: int, n_batches: in
             f"differ: fingerprint {info['fingerprint']} vs {fp}); resume with the same command, "
             f"or delete {p} to start over"
         )
-    next_batch = f.int("next_batch", 1, n_batches)
+    next_batch = f.int("batches", 1, n_batches)
     next_window = f.int("next_window", 1)
     f.require(next_window == windows_done[next_batch],
               f"its resume point (window {next_window} after {next_batch} batches of "
@@ -81,3 +84,58 @@ def clear(out_dir: str | Path, name: str) -> None:
         (out_dir / f"{name}{suffix}").unlink(missing_ok=True)
     for stale in out_dir.glob(f".{name}.ckpt.*.tmp-*"):
         stale.unlink(missing_ok=True)
+
+
+# --- torchrun: one checkpoint per rank --------------------------------------------------------
+
+CHECKPOINTS = "checkpoints"
+_RANK_DIR = re.compile(r"^rank(\d+)-of-(\d+)$")
+
+
+def rank_dir(out_dir: str | Path, rank: int, world: int) -> Path:
+    return Path(out_dir) / CHECKPOINTS / f"rank{rank}-of-{world}"
+
+
+def check_world(out_dir: str | Path, name: str, world: int) -> None:
+    """Checkpoints of a run with another process count cannot be resumed: the slices differ."""
+    folder = Path(out_dir) / CHECKPOINTS
+    if not folder.is_dir():
+        return
+    worlds = set()
+    for d in folder.iterdir():
+        m = _RANK_DIR.match(d.name)
+        if m and exists(d, name):
+            worlds.add(int(m.group(2)))
+    other = sorted(w for w in worlds if w != world)
+    if other:
+        raise WorkbenchError(
+            f"{folder} holds checkpoints of a run with {other[0]} processes, but this run has "
+            f"{world}; resume with `torchrun --nproc-per-node {other[0]}` (x nodes), or "
+            f"delete {folder} to start over")
+
+
+def where(out_dir: str | Path, ctx=None) -> Path:
+    """This process's checkpoint folder: ``out_dir``, or its rank's folder under torchrun."""
+    if ctx is not None and ctx.is_distributed:
+        return rank_dir(out_dir, ctx.rank, ctx.world)
+    return Path(out_dir)
+
+
+def finish(out_dir: str | Path, name: str, ctx=None) -> None:
+    """Drop the checkpoints once the artifact is written (every rank its own, then the folder):
+    a failure before keeps them resumable."""
+    if ctx is None or not ctx.is_distributed:
+        clear(out_dir, name)
+        return
+    ctx.barrier()
+    mine = where(out_dir, ctx)
+    clear(mine, name)
+    _remove_if_empty(mine)
+    ctx.barrier()
+    if ctx.is_main:
+        _remove_if_empty(mine.parent)
+
+
+def _remove_if_empty(folder: Path) -> None:
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()

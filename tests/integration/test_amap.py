@@ -118,18 +118,37 @@ def test_resume_after_interruption_is_byte_identical(random_tiny, windows, tmp_p
 
 
 def test_merge_of_two_halves_equals_one_pass(random_tiny, windows, result, tmp_path):
-    half = len(windows) // 2
     opts = {"batch_size": 3, "progress": False, "positions": True, "top_k": 3}
-    first = analyze(random_tiny, windows.select(slice(0, half)), **opts)
-    second = analyze(random_tiny, windows.select(slice(half, None)), window_offset=half, **opts)
+    first = analyze(random_tiny, windows, shard=(0, 2), **opts)
+    second = analyze(random_tiny, windows, shard=(1, 2), **opts)
     merged = amap_export.merge(first, second)
     for name, t in result.amap.state_dict().items():
         if t.dtype == torch.int64:
             assert torch.equal(merged.amap.state_dict()[name], t), name
         else:
             torch.testing.assert_close(merged.amap.state_dict()[name], t, atol=1e-5, rtol=1e-5)
-    assert torch.equal(merged.top.compute()["windows"], result.top.compute()["windows"])
+    assert_same_top(merged.top.compute(), result.top.compute(), window_maxima(random_tiny, windows))
     assert all(merged.invariants.values()) and merged.n_windows == len(windows)
+
+
+def window_maxima(model, windows) -> torch.Tensor:
+    """[window, layer, mlp] each unit's largest activation over a window, one window at a time."""
+    acts, *_ = reference(model, windows)
+    lengths = windows.mask.sum(1).tolist()
+    return torch.stack([a.amax(0) for a in acts.split(lengths)])
+
+
+def assert_same_top(got: dict, want: dict, maxima: torch.Tensor, tol: float = 1e-5) -> None:
+    """The same best values per unit, and every window ``got`` keeps truly reaches its value (by
+    a one-window-at-a-time reference). Windows themselves may differ only among near-ties: a
+    window's activation can differ by an fp32 rounding between batches of different widths (the
+    engine batches by length), which may swap windows whose maxima tie."""
+    torch.testing.assert_close(got["values"], want["values"], atol=tol, rtol=tol)
+    w = got["windows"]  # [layer, mlp, k]
+    layer = torch.arange(w.shape[0])[:, None, None].expand_as(w)
+    unit = torch.arange(w.shape[1])[None, :, None].expand_as(w)
+    torch.testing.assert_close(maxima[w, layer, unit], got["values"], atol=tol, rtol=tol)
+    assert bool((w >= 0).all()) and all(len(set(row)) == len(row) for row in w.flatten(0, 1).tolist())
 
 
 def test_merge_refuses_another_model(random_tiny, windows, result):

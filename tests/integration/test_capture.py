@@ -47,14 +47,36 @@ def test_forward_stops_after_deepest_hook(random_tiny, windows):
     assert called == []  # block 1 never ran
 
 
+class _Tally:
+    """A reducer that records what the engine hands it (independent of the kernels)."""
+
+    def __init__(self, name, hooks, need_logits=False):
+        self.name, self.hooks, self.need_logits = name, hooks, need_logits
+        self.tokens, self.ids, self.seen_hooks, self.logits = 0, [], set(), []
+
+    def accumulators(self):
+        return {}
+
+    def update(self, b):
+        self.tokens += int(b.mask.sum())
+        self.ids += b.index.tolist()
+        self.seen_hooks |= set(b.acts)
+        self.logits.append(b.logits is not None)
+
+
 def test_run_feeds_every_reducer_and_counts_tokens(random_tiny, windows):
-    totals = {"a": 0, "b": 0}
-    stats = run(random_tiny, windows, resid_hooks(random_tiny),
-                [lambda b: totals.__setitem__("a", totals["a"] + int(b.mask.sum())),
-                 lambda b: totals.__setitem__("b", totals["b"] + len(b.index))],
-                batch_size=4, progress=False)
-    assert totals == {"a": windows.n_tokens, "b": len(windows)}
+    a = _Tally("a", ["blocks.0.hook_resid_pre"])
+    b = _Tally("b", ["blocks.1.hook_resid_post", "blocks.0.hook_resid_pre"], need_logits=True)
+    stats = run(random_tiny, windows, [a, b], batch_size=4, progress=False, window_offset=100)
+    for r in (a, b):
+        assert r.tokens == windows.n_tokens
+        # every window once, under its global id (index + the offset)
+        assert sorted(r.ids) == list(range(100, 100 + len(windows)))
+        # one forward per batch serves the union of the hooks, logits for everyone
+        assert r.seen_hooks == {"blocks.0.hook_resid_pre", "blocks.1.hook_resid_post"}
+        assert all(r.logits)
     assert stats.tokens == windows.n_tokens and stats.batches == -(-len(windows) // 4)
+    assert stats.forwarded >= stats.tokens
 
 
 def test_unknown_hook_is_a_clear_error(random_tiny, windows):

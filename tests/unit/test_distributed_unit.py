@@ -84,12 +84,11 @@ def test_check_parts_refuses(metas, message):
 
 
 def test_resume_refuses_checkpoints_of_another_process_count(tmp_path):
-    from workbench.analyses import amap_checkpoint as ckpt
-    from workbench.analyses.amap_parallel import _check_world
+    from workbench import checkpoint
 
-    old = tmp_path / "checkpoints" / "rank0-of-4"
+    old = checkpoint.rank_dir(tmp_path, 0, 4)
     old.mkdir(parents=True)
-    (old / ckpt.TENSORS).write_bytes(b"")
-    _check_world(tmp_path, DistContext(rank=0, world=4))  # same count: fine
+    checkpoint.path(old, "amap").write_bytes(b"")
+    checkpoint.check_world(tmp_path, "amap", 4)  # same count: fine
     with pytest.raises(WorkbenchError, match="4 processes.*--nproc-per-node 4"):
-        _check_world(tmp_path, DistContext(rank=0, world=2))
+        checkpoint.check_world(tmp_path, "amap", 2)

@@ -22,7 +22,6 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from workbench import artifacts, capture
-from workbench.analyses import amap_checkpoint as ckpt
 from workbench.analyses.amap_contexts import read_contexts
 from workbench.data import Windows
 from workbench.errors import WorkbenchError
@@ -200,9 +199,12 @@ def _checked(file: Path, tensors: dict, meta: dict):
         v = tensors["top.values"]
         f.require(v.ndim == 3 and tuple(v.shape[:2]) == (len(layers), amap.d_mlp),
                   f"tensor top.values is {tuple(v.shape)}, not [layer, mlp, k]")
+        acts = tensors.get("top.acts")
+        span = int(acts.shape[-1]) if acts is not None and acts.ndim == 4 else 0
+        names = ("values", "windows", "positions") + (("starts", "acts") if span else ())
         try:
-            top = TopWindows(v.shape[0], v.shape[1], v.shape[2]).load_state_dict(
-                {k: tensors[f"top.{k}"] for k in ("values", "windows", "positions")})
+            top = TopWindows(v.shape[0], v.shape[1], v.shape[2], span=span).load_state_dict(
+                {k: tensors[f"top.{k}"] for k in names})
         except (KeyError, WorkbenchError) as exc:
             raise artifacts.damaged(file, f"its top.* tensors do not fit together ({exc})") from None
     return amap, top, layers, {"key_strs": key_strs, "n_windows": n_windows}
@@ -274,115 +276,168 @@ def resolve_layers(model, layers) -> list[int]:
     return out
 
 
+def key_mask(windows: Windows, mask: Tensor, count_bos: bool) -> tuple[Tensor, int]:
+    """Positions that count as AMAP keys (and the ``[POS_k]`` shift): the real positions, without
+    the special tokens the windowing added (BOS / CLS first, SEP last) unless ``count_bos``."""
+    if count_bos or not windows.bos:
+        return mask, 0
+    keep = mask.clone()
+    keep[:, 0] = False
+    if windows.tokens.shape[1] - windows.window == 2:  # [CLS] text [SEP]: drop the SEP too
+        last = mask.sum(1) - 1
+        keep[torch.arange(mask.shape[0], device=mask.device), last.clamp(min=0)] = False
+    return keep, 1
+
+
+class AmapReducer:
+    """The AMAP as a reducer of the capture engine: MLP hooks (and logits for ``output`` mode) in;
+    the ``Amap`` sums and counts and the ``TopWindows`` (with each kept window's activations
+    around its peak, for the contexts) out."""
+
+    name = "amap"
+
+    def __init__(self, model, windows: Windows, *, modes=("input", "output"),
+                 positions: bool = False, layers: list[int] | None = None,
+                 sum_dtype: str = "float32", sum_device: str | None = None, top_k: int = 8,
+                 count_bos: bool = False, context_span: int | None = None,
+                 memory_limit: int | None = None):
+        modes = tuple(modes)
+        check_model(model, modes)
+        if sum_dtype not in SUM_DTYPES:
+            raise WorkbenchError(f"sum dtype {sum_dtype!r}: use one of {', '.join(SUM_DTYPES)}")
+        if top_k < 1:
+            raise WorkbenchError("top_k must be >= 1")
+        self.model, self.windows = model, windows
+        self.modes, self.count_bos = modes, count_bos
+        self.layers = resolve_layers(model, layers)
+        self.hooks = capture.mlp_hooks(model, self.layers)
+        self.need_logits = "output" in modes
+        width = int(windows.tokens.shape[1])
+        self.n_pos = width if positions else 0
+        span = min(width, CONTEXT_SPAN) if context_span is None else min(width, context_span)
+        d_vocab, d_mlp = int(model.cfg.d_vocab), int(model.cfg.d_mlp)
+        device = torch.device(sum_device) if sum_device else next(model.parameters()).device
+        dtype = SUM_DTYPES[sum_dtype]
+        check_fits(estimate_bytes(len(self.layers), d_vocab + self.n_pos, d_mlp, len(modes), dtype),
+                   device, memory_limit)
+        self.accs = {"amap": Amap(len(self.layers), d_vocab, d_mlp, modes, self.n_pos, dtype,
+                                  device),
+                     "top": TopWindows(len(self.layers), d_mlp, top_k, device, span=span)}
+        self.settings = {"modes": list(modes), "positions": positions, "n_positions": self.n_pos,
+                         "layers": self.layers, "sum_dtype": sum_dtype, "top_k": top_k,
+                         "count_bos": count_bos, "context_span": span}
+
+    def accumulators(self) -> dict:
+        return self.accs
+
+    def update(self, batch) -> None:
+        acts = torch.stack([batch.acts[h] for h in self.hooks])
+        keep, shift = key_mask(self.windows, batch.mask, self.count_bos)
+        keys = {"input": batch.tokens}
+        if "output" in self.modes:
+            keys["output"] = batch.logits.argmax(-1)
+        self.accs["amap"].update(acts, keep, {m: keys[m] for m in self.modes}, shift)
+        self.accs["top"].update(acts, keep, batch.index)
+
+    def result(self, n_windows: int, extra: dict | None = None,
+               context_units: int = 2) -> AmapResult:
+        """The result over ``n_windows`` windows (a shard's, or the whole data's after a
+        reduce), with the contexts of ``context_units`` units per layer read from the kept
+        windows (global ids: they index ``self.windows``, the whole data)."""
+        from workbench import identity
+
+        model, amap = self.model, self.accs["amap"]
+        meta = artifacts.run_metadata(model, self.windows, **self.settings)
+        d_vocab = amap.d_vocab
+        meta["amap"] = {"n_positions": self.n_pos, "n_windows": n_windows,
+                        "compat": identity.compat(meta), "fingerprint": identity.fingerprint(meta),
+                        "window_offset": 0, **(extra or {}),
+                        "key_strs": key_labels(model.tokenizer, d_vocab, self.n_pos)}
+        result = AmapResult(amap, self.accs["top"], self.layers, meta["amap"]["key_strs"],
+                            n_windows, meta)
+        result.invariants = amap.invariants(n_windows)
+        broken = [k for k, ok in result.invariants.items() if not ok]
+        if broken:  # a bug in the accumulator or the reduce, not a user error
+            raise RuntimeError(f"AMAP invariants failed: {broken}; please report this")
+        result.contexts = read_contexts(model, self.windows, result, context_units)
+        return result
+
+
+CONTEXT_SPAN = 32  # positions kept around a top window's peak (a 15-token window: all of it)
+
+
 def analyze(
     model,
     windows: Windows,
     *,
     batch_size: int = 8,
     progress: bool = True,
-    modes: tuple[str, ...] | list[str] = ("input", "output"),
-    positions: bool = False,
-    layers: list[int] | None = None,
-    sum_dtype: str = "float32",
-    sum_device: str | None = None,
-    top_k: int = 8,
     context_units: int = 2,
     checkpoint_dir: str | Path | None = None,
     checkpoint_every: int = 50,
     resume: bool = False,
     max_batches: int | None = None,
-    memory_limit: int | None = None,
-    window_offset: int = 0,
     require_full_window: bool = True,
+    shard: tuple[int, int] | None = None,
+    ctx=None,
+    **options,
 ) -> AmapResult:
-    """Build the AMAP of ``windows``.
+    """Build the AMAP of ``windows`` (one pass of the capture engine).
+
+    Options (``AmapReducer``): ``modes``, ``positions``, ``layers``, ``sum_dtype``, ``sum_device``,
+    ``top_k`` (max-activating windows kept per unit), ``count_bos`` (count the BOS position as a
+    key; default off), ``context_span`` (positions kept around each kept window's peak, default
+    32), ``memory_limit`` (bytes the sums may take).
 
     ``checkpoint_dir`` + ``checkpoint_every``: save the states every N batches; ``resume``
     continues from the checkpoint there (same command and batch size). ``max_batches`` stops
     (raising ``BuildInterrupted``) after that many batches of this run, as a kill would.
     ``context_units``: per layer, how many units (largest max activation) get their top-``top_k``
-    windows read out with per-token activations. ``window_offset``: added to window ids (shards).
+    windows read out with per-token activations (from the pass itself: no second forward).
+    ``shard=(i, n)`` builds the i-th of n slices (merged offline by ``amap merge``); under torchrun
+    (``ctx``) each rank builds its slice and the states are reduced: every rank returns the whole.
     ``require_full_window``: refuse data with no full window (SYSIF would build nothing); a
     caller analysing one short text (e.g. ``workbench run``) passes False.
     """
-    modes = tuple(modes)
-    check_model(model, modes)
+    from workbench import identity
+    from workbench.sharding import local_part, shard_metadata
+
     if require_full_window:
         check_windows(windows)
-    if sum_dtype not in SUM_DTYPES:
-        raise WorkbenchError(f"sum dtype {sum_dtype!r}: use one of {', '.join(SUM_DTYPES)}")
-    if top_k < 1 or checkpoint_every < 1:
-        raise WorkbenchError("top_k and checkpoint_every must be >= 1")
-    layers = resolve_layers(model, layers)
-    hooks = capture.mlp_hooks(model, layers)
-    n_pos = int(windows.tokens.shape[1]) if positions else 0
-    d_vocab, d_mlp = int(model.cfg.d_vocab), int(model.cfg.d_mlp)
-    device = torch.device(sum_device) if sum_device else next(model.parameters()).device
-    dtype = SUM_DTYPES[sum_dtype]
-    check_fits(estimate_bytes(len(layers), d_vocab + n_pos, d_mlp, len(modes), dtype), device,
-               memory_limit)
-    settings = {"modes": list(modes), "positions": positions, "n_positions": n_pos,
-                "layers": layers, "sum_dtype": sum_dtype, "top_k": top_k}
-    meta = artifacts.run_metadata(model, windows, **settings)
-    compat = ckpt.fingerprint({k: meta[k] for k in ("model", "weights_sha256_16", "dtype",
-                                                    "weight_processing", "tokenizer",
-                                                    "tokenizer_vocab")} | settings)
-    fp = ckpt.fingerprint({"compat": compat, "data": meta["data"], "batch_size": batch_size,
-                           "window_offset": window_offset, "context_units": context_units})
-    amap = Amap(len(layers), d_vocab, d_mlp, modes, n_pos, dtype, device)
-    top = TopWindows(len(layers), d_mlp, top_k, device)
-    start, done = 0, 0
-    if checkpoint_dir is not None and ckpt.exists(checkpoint_dir):
-        if not resume:
-            raise WorkbenchError(
-                f"{checkpoint_dir} holds a partial build ({ckpt.TENSORS}); pass --resume to "
-                f"continue it, or delete {Path(checkpoint_dir) / ckpt.TENSORS} to start over"
-            )
-        state, info = ckpt.load(checkpoint_dir, fp, batch_size, len(windows))
-        try:
-            amap.load_state_dict({k: v for k, v in state.items() if not k.startswith("top.")})
-            top.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("top.")})
-        except WorkbenchError as exc:
-            raise artifacts.damaged(Path(checkpoint_dir) / ckpt.TENSORS, f"its states do not "
-                                    f"fit this build ({exc})", ckpt.START_OVER) from None
-        start, done = info["next_window"], info["batches"]
-    stats = capture.Throughput()
-    this_run = 0
-    for batch in capture.stream(model, windows, hooks, batch_size, need_logits="output" in modes,
-                                progress=progress, desc="amap", start=start, stats=stats):
-        with torch.inference_mode():
-            acts = torch.stack([batch.acts[h] for h in hooks])
-            keys = {"input": batch.tokens}
-            if "output" in modes:
-                keys["output"] = batch.logits.argmax(-1)
-            amap.update(acts, batch.mask, {m: keys[m] for m in modes})
-            top.update(acts, batch.mask, batch.index + window_offset)
-        done += 1
-        this_run += 1
-        if checkpoint_dir is not None and done % checkpoint_every == 0:
-            state = amap.state_dict() | {f"top.{k}": v for k, v in top.state_dict().items()}
-            ckpt.save(checkpoint_dir, state, int(batch.index[-1]) + 1, done, batch_size, fp)
-        if max_batches is not None and this_run >= max_batches:
-            raise BuildInterrupted(
-                f"stopped after {this_run} batches (max_batches); continue with --resume"
-            )
-    meta["amap"] = {"n_positions": n_pos, "n_windows": len(windows), "batch_size": batch_size,
-                    "compat": compat, "fingerprint": fp, "window_offset": window_offset,
-                    "key_strs": key_labels(model.tokenizer, d_vocab, n_pos)}
-    result = AmapResult(amap, top, layers, meta["amap"]["key_strs"], len(windows), meta)
-    result.invariants = amap.invariants(len(windows))
-    broken = [k for k, ok in result.invariants.items() if not ok]
-    if broken:  # a bug in the accumulator, not a user error
-        raise RuntimeError(f"AMAP invariants failed: {broken}; please report this")
-    result.contexts = read_contexts(model, windows, result, context_units, window_offset)
-    result.throughput = {"tokens": stats.tokens, "seconds": stats.seconds,
-                         "tokens_per_s": stats.tokens_per_s, "batches": stats.batches}
+    if checkpoint_every < 1:
+        raise WorkbenchError("checkpoint_every must be >= 1")
+    reducer = AmapReducer(model, windows, **options)
+    part, offset = local_part(windows, shard, ctx)
+    world = ctx.world if ctx is not None else 1
+    meta = artifacts.run_metadata(model, windows, **reducer.settings)
+    fp = identity.fingerprint(meta, batch_size=batch_size, window_offset=offset, processes=world)
+    try:
+        stats = capture.run(model, part, [reducer], batch_size=batch_size, progress=progress,
+                            desc="amap", window_offset=offset, checkpoint_dir=checkpoint_dir,
+                            checkpoint_name="amap", fingerprint=fp, resume=resume,
+                            checkpoint_every=checkpoint_every, max_batches=max_batches, ctx=ctx)
+    except capture.CaptureInterrupted as exc:
+        raise BuildInterrupted(str(exc)) from None
+    distributed = ctx is not None and ctx.is_distributed
+    if shard is not None:
+        extra = {"batch_size": batch_size, "window_offset": offset}
+        result = reducer.result(len(part), extra, context_units)
+        result.meta["shard"] = shard_metadata(windows, *shard)
+    else:
+        extra = {"batch_size": batch_size} | ({"processes": world} if distributed else {})
+        result = reducer.result(len(windows), extra, context_units)
+    result.throughput = stats.as_dict() | (
+        {"processes": world, "note": "tokens/seconds of this rank's slice"} if distributed else {})
     return result
 
 
-def build(model, windows: Windows, out_dir: str | Path, **options) -> AmapResult:
-    """``analyze`` with checkpoints in ``out_dir``, then save the artifact and drop the checkpoint."""
-    result = analyze(model, windows, checkpoint_dir=out_dir, **options)
-    result.save(out_dir)
-    ckpt.clear(out_dir)
+def build(model, windows: Windows, out_dir: str | Path, *, ctx=None, **options) -> AmapResult:
+    """``analyze`` with checkpoints in ``out_dir`` (each rank its own under torchrun), then the
+    artifact (written by rank 0), then the checkpoints are dropped."""
+    from workbench import checkpoint
+
+    result = analyze(model, windows, checkpoint_dir=out_dir, ctx=ctx, **options)
+    if ctx is None or ctx.is_main:
+        result.save(out_dir)
+    checkpoint.finish(out_dir, "amap", ctx)
     return result

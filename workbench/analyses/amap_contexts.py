@@ -1,9 +1,12 @@
 """Max-activating contexts of AMAP units: each unit's top windows, read back token by token.
 
-1. A build keeps, per unit, the ids of its ``top_k`` max-activating windows (``TopWindows``).
-2. ``read_contexts(model, windows, result, units=[(1, 17), (0, 3)])`` re-runs those windows through
-   the model and returns, per unit, each window's tokens and the unit's activation at every token
-   (``blocks.{l}.mlp.hook_post[..., i]``), best window first, with the peak position.
+1. A build keeps, per unit, its ``top_k`` max-activating windows (``TopWindows``) and, from the
+   same pass, the unit's activation at ``span`` positions around each one's peak.
+2. ``read_contexts(model, windows, result, units=[(1, 17), (0, 3)])`` returns, per unit, each
+   window's tokens around the peak and the unit's activation at every one of them
+   (``blocks.{l}.mlp.hook_post[..., i]``), best window first; ``peak`` indexes the tokens shown,
+   ``offset`` is the first one's position in the window. An AMAP written without the kept
+   activations (older builds) has those windows run through the model again.
 3. Without ``units`` it reads the ``per_layer`` units with the largest maximum of each layer (what a
    build writes to ``amap_contexts.json``).
 
@@ -65,7 +68,8 @@ def read_contexts(model, windows: Windows, result: AmapResult, per_layer: int = 
     """Max-activating windows of ``units`` (default: the ``per_layer`` largest per layer).
 
     ``windows`` must be the data the AMAP was built on; window ids in the AMAP minus
-    ``window_offset`` index it. One forward pass per ``batch_size`` windows read.
+    ``window_offset`` index it. No forward pass when the build kept the activations; else one
+    per ``batch_size`` windows read.
     """
     if result.top is None:
         if units is None:
@@ -89,21 +93,29 @@ def read_contexts(model, windows: Windows, result: AmapResult, per_layer: int = 
             f"the AMAP's max-activating windows go up to window {wanted[-1] + window_offset}, but "
             f"the data given has {len(windows)} windows: pass the data the AMAP was built on "
             "(same source, window, stride and BOS)")
-    acts = _unit_activations(model, windows, wanted, units, batch_size)
+    kept = "acts" in top  # the pass kept each window's activations around its peak
+    acts = {} if kept else _unit_activations(model, windows, wanted, units, batch_size)
     out = []
     for layer, neuron in units:
         row = result._row(layer)
         items = []
         for rank, w in picked[(layer, neuron)]:
             i = w - window_offset
-            ids = windows.tokens[i, : int(windows.mask[i].sum())].tolist()
+            n = int(windows.mask[i].sum())
+            peak = int(top["positions"][row, neuron, rank])
+            if kept:  # the snippet the pass kept: ``span`` positions from ``starts``
+                lo = int(top["starts"][row, neuron, rank])
+                hi = min(n, lo + top["acts"].shape[-1])
+                unit_acts = top["acts"][row, neuron, rank, : hi - lo].tolist()
+            else:
+                lo, hi, unit_acts = 0, n, acts[(layer, neuron, i)]
+            ids = windows.tokens[i, lo:hi].tolist()
             items.append({"window": w, "doc": int(windows.doc_ids[i]),
-                          "start": int(windows.starts[i]),
-                          "max": float(top["values"][row, neuron, rank]),
-                          "peak": int(top["positions"][row, neuron, rank]),
+                          "start": int(windows.starts[i]), "offset": lo,
+                          "max": float(top["values"][row, neuron, rank]), "peak": peak - lo,
                           "tokens": [result.key_strs[t] if t < len(result.key_strs) else f"[ID_{t}]"
                                      for t in ids],
-                          "acts": acts[(layer, neuron, i)]})
+                          "acts": unit_acts})
         out.append({"layer": layer, "neuron": neuron, "unit": f"{layer}_{neuron}",
                     "windows": items})
     return out

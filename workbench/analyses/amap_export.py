@@ -135,7 +135,7 @@ def merge(a: AmapResult, b: AmapResult) -> AmapResult:
     offsets_differ = a.meta["amap"].get("window_offset") != b.meta["amap"].get("window_offset")
     top = None
     if same and offsets_differ and a.top is not None and b.top is not None:
-        top = type(a.top)(a.top.n_layers, a.top.d_mlp, a.top.k).load_state_dict(
+        top = type(a.top)(a.top.n_layers, a.top.d_mlp, a.top.k, span=a.top.span).load_state_dict(
             a.top.state_dict()).merge(b.top)
     n_windows = a.n_windows + b.n_windows
     meta = dict(a.meta)

@@ -109,7 +109,6 @@ def _add_rebuild_args(c) -> None:
 
 def build_main(args) -> int:
     from workbench.analyses.amap import build
-    from workbench.analyses.amap_parallel import build_parallel
     from workbench.cli.common import load_inputs
     from workbench.distributed import DistContext
     from workbench.paths import resolve_device
@@ -133,17 +132,14 @@ def build_main(args) -> int:
         with ctx.guard("amap build"):
             model, windows = load_inputs(args)
             limit = None if args.memory_limit_gib is None else int(args.memory_limit_gib * 2**30)
-            options = dict(batch_size=args.batch_size, progress=not args.quiet,
+            options = dict(batch_size=args.batch_size, progress=not args.quiet and ctx.is_main,
                            modes=modes,
                            positions=args.positions, layers=args.layers,
                            sum_dtype=args.sum_dtype, sum_device=args.sum_device,
                            top_k=args.top_k, context_units=args.context_units,
                            checkpoint_every=args.checkpoint_every, resume=args.resume,
                            max_batches=args.stop_after, memory_limit=limit)
-            if ctx.is_distributed or shard is not None:
-                result = build_parallel(model, windows, args.out, shard=shard, ctx=ctx, **options)
-            else:
-                result = build(model, windows, args.out, **options)
+            result = build(model, windows, args.out, shard=shard, ctx=ctx, **options)
     finally:
         ctx.close()
     if not ctx.is_main:  # rank 0 writes the whole build
