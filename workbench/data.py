@@ -176,25 +176,6 @@ def cut_windows(id_lists: Sequence[Sequence[int]], tokenizer, window: int, strid
     )
 
 
-def rewindow(windows: Windows, tokenizer, window: int, stride: int | None = None,
-             bos: bool | None = None) -> Windows:
-    """The same documents cut into other windows, from the token ids ``windows`` already hold
-    (no source text needed): each document's ids are read back from its windows' text positions."""
-    bos = windows.bos if bos is None else bos
-    head, tail = _special_ids(tokenizer, windows.bos)
-    docs: list[dict[int, int]] = [{} for _ in range(windows.n_documents)]
-    lengths = windows.mask.sum(1)
-    for row in range(len(windows)):
-        ids = windows.tokens[row, len(head) : int(lengths[row]) - len(tail)].tolist()
-        start = int(windows.starts[row])
-        docs[int(windows.doc_ids[row])].update({start + j: t for j, t in enumerate(ids)})
-    id_lists = [[d[j] for j in range(len(d))] for d in docs]
-    out = cut_windows(id_lists, tokenizer, window, stride or window, bos, windows.source,
-                      windows.sha256)
-    out.extra = dict(windows.extra)
-    return out
-
-
 DEFAULT_MAX_WINDOW = 1024
 
 

@@ -1,7 +1,9 @@
 """The main job: every analysis on one input, one report.
 
 1. ``summary = run_all(model, windows, out_dir)`` runs each analysis in ``REGISTRY`` whose modules
-   (``workbench.analyses.<name>`` and ``workbench.views.<name>``) exist, in order.
+   (``workbench.analyses.<name>`` and ``workbench.views.<name>``) exist. The corpus analyses
+   (distributions, lens, AMAP) are reducers of ONE pass of the capture engine over the windows
+   (``capture.run``); attention and NMF factors then look at the first window.
 2. Each writes its artifact (``distributions.safetensors``, ``lens.safetensors``, …; DESIGN.md's
    contract) into ``out_dir``, and its view adds one section to ``report.html``: one self-contained
    page (plotly.js and the widget JS inlined once) with a header of model, data, settings, timings.
@@ -10,7 +12,8 @@
    one that raises is a bug and the error propagates.
 
 Attention and NMF factors look at the first window only (their views are per token); the others
-aggregate over every window.
+aggregate over every window. The run's AMAP keys the run's own windows (input tokens, BOS left
+out); ``workbench amap build`` keeps SYSIF's 15-token windows.
 """
 
 from __future__ import annotations
@@ -28,7 +31,6 @@ from workbench.data import Windows
 
 # Attention views hold layers·heads·P² floats twice (widget + model view): cap them near this.
 ATTENTION_VALUES = 300_000
-AMAP_WINDOW = 15  # SYSIF's window and stride
 
 
 @dataclass(frozen=True)
@@ -36,8 +38,8 @@ class Entry:
     name: str
     options: Callable[[object, Windows], dict]
     key_numbers: Callable[[object], dict]
-    # Windows of its own, cut from the model and the run's windows.
-    windows: Callable[[object, Windows], Windows] | None = None
+    # A reducer of the one corpus pass (its module has a ``*Reducer``), else one window's analysis.
+    corpus: bool = False
     # Why this analysis cannot run on this model here (None: it can); the report says so.
     skip: Callable[[object, dict], str | None] | None = None
     # Extra files beside the artifact (model, windows, result, out_dir) → keywords of its section.
@@ -58,24 +60,12 @@ def _factors_options(model, windows: Windows) -> dict:
     return {"window_index": 0, "max_positions": 256, "n_components": min(8, _first_len(windows))}
 
 
-def _amap_windows(model, windows: Windows) -> Windows:
-    """SYSIF's windows: 15 tokens, stride 15 (shorter when the whole text is shorter), so that
-    a paragraph still gives full windows; AMAP counts only full windows. Cut from the run's own
-    token ids (the same ids a second tokenization of the text would give)."""
-    from workbench.data import rewindow
-
-    n_special = int(windows.tokens.shape[1]) - windows.window
-    longest = int((windows.mask.sum(1) - n_special).max())
-    size = max(1, min(AMAP_WINDOW, longest))
-    return rewindow(windows, model.tokenizer, size, size)
-
-
 def _amap_skip(model, options: dict) -> str | None:
     """The run's AMAP is dense over the vocabulary: say so when that cannot fit, rather than fail."""
     from workbench.kernels.amap import available_bytes, estimate_bytes, human_bytes
 
     cfg = model.cfg
-    need = estimate_bytes(cfg.n_layers, cfg.d_vocab + AMAP_WINDOW, cfg.d_mlp,
+    need = estimate_bytes(cfg.n_layers, cfg.d_vocab, cfg.d_mlp,
                           len(options.get("modes", ("input",))))
     device = next(model.parameters()).device
     budget = int(available_bytes(device) * 0.5)
@@ -135,14 +125,16 @@ def _amap_numbers(result) -> dict:
 
 
 REGISTRY: list[Entry] = [
-    Entry("distributions", lambda m, w: {}, _distributions_numbers),
-    Entry("lens", lambda m, w: {}, _lens_numbers),
+    Entry("distributions", lambda m, w: {}, _distributions_numbers, corpus=True),
+    Entry("lens", lambda m, w: {}, _lens_numbers, corpus=True),
+    # Input-token AMAP of this text only (the corpus-scale build is `workbench amap build`).
+    Entry("amap", lambda m, w: {"modes": ("input",)}, _amap_numbers, corpus=True, skip=_amap_skip,
+          extras=_amap_pages),
     Entry("attention", _attention_options, _from_summary),
     Entry("factors", _factors_options, _from_summary),
-    # Input-token AMAP of this text only (the corpus-scale build is `workbench amap build`).
-    Entry("amap", lambda m, w: {"modes": ("input",)}, _amap_numbers, _amap_windows, _amap_skip,
-          _amap_pages),
 ]
+REDUCERS = {"distributions": "DistributionsReducer", "lens": "LensReducer", "amap": "AmapReducer"}
+ORDER = ("distributions", "lens", "attention", "factors", "amap")  # sections of the report
 
 
 def _skipped_section(name: str, reason: str):
@@ -168,11 +160,12 @@ def run_all(model, windows: Windows, out_dir: str | Path, *, batch_size: int = 8
             ) -> dict:
     """Run every built analysis, write artifacts, ``report.html`` and ``summary.json``.
 
-    Analyses that window the text their own way (the AMAP's 15-token windows) cut their windows
-    from the token ids of ``windows``.
+    The corpus analyses share one pass of the model over ``windows`` (``capture.run``); its time
+    is reported once (``summary["corpus_pass"]``) and each of them adds only its own read-out.
     """
     from tqdm.auto import tqdm
 
+    from workbench import capture
     from workbench.views.html import Page
 
     out_dir = Path(out_dir)
@@ -180,43 +173,62 @@ def run_all(model, windows: Windows, out_dir: str | Path, *, batch_size: int = 8
     start = time.perf_counter()
     entries = [e for e in REGISTRY if only is None or e.name in only]
     analyses: dict[str, dict] = {}
-    sections = []
-    bar = tqdm(entries, desc="workbench run", unit="analysis", disable=not progress,
-               dynamic_ncols=True)
-    for entry in bar:
-        bar.set_postfix_str(entry.name)
+    sections: dict[str, object] = {}
+    ready = []  # (entry, analysis module, view module, options)
+    for entry in entries:
         missing = missing_modules(entry.name)
         if missing:
             analyses[entry.name] = {"status": "not built", "missing_modules": missing}
             continue
-        module = importlib.import_module(f"workbench.analyses.{entry.name}")
-        view = importlib.import_module(f"workbench.views.{entry.name}")
-        t0 = time.perf_counter()
-        own = windows if entry.windows is None else entry.windows(model, windows)
-        options = entry.options(model, own)
+        options = entry.options(model, windows)
         reason = entry.skip(model, options) if entry.skip is not None else None
         if reason is not None:
             analyses[entry.name] = {"status": "skipped", "reason": reason}
-            sections.append(_skipped_section(entry.name, reason))
+            sections[entry.name] = _skipped_section(entry.name, reason)
             continue
-        result = module.analyze(model, own, batch_size=batch_size, progress=progress, **options)
+        ready.append((entry, importlib.import_module(f"workbench.analyses.{entry.name}"),
+                      importlib.import_module(f"workbench.views.{entry.name}"), options))
+    # One pass for every corpus analysis: the union of their hooks, one forward per batch.
+    reducers = {}
+    t0 = time.perf_counter()
+    for entry, module, _, options in ready:
+        if entry.corpus:
+            make = getattr(module, REDUCERS[entry.name])
+            reducers[entry.name] = make(model, windows, batch_size=batch_size, **options)
+    corpus_pass = None
+    if reducers:
+        stats = capture.run(model, windows, list(reducers.values()), batch_size=batch_size,
+                            progress=progress, desc="corpus pass (" + ", ".join(reducers) + ")")
+        corpus_pass = {**stats.as_dict(), "reducers": list(reducers),
+                       "wall_seconds": _seconds(time.perf_counter() - t0)}
+    bar = tqdm(ready, desc="workbench run", unit="analysis", disable=not progress,
+               dynamic_ncols=True)
+    for entry, module, view, options in bar:
+        bar.set_postfix_str(entry.name)
+        t0 = time.perf_counter()
+        if entry.corpus:
+            result = reducers[entry.name].finish()
+        else:
+            result = module.analyze(model, windows, batch_size=batch_size, progress=progress,
+                                    **options)
         t1 = time.perf_counter()
         artifact = result.save(out_dir)
         t2 = time.perf_counter()
-        extra = entry.extras(model, own, result, out_dir, progress) if entry.extras else {}
-        sections.append(view.section(result, **extra))
+        extra = entry.extras(model, windows, result, out_dir, progress) if entry.extras else {}
+        sections[entry.name] = view.section(result, **extra)
         t3 = time.perf_counter()
+        phase = "read_out" if entry.corpus else "analyze"
         analyses[entry.name] = {
             "status": "ok", "artifact": Path(artifact).name,
             "options": {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()},
-            "seconds": {"analyze": _seconds(t1 - t0), "save": _seconds(t2 - t1),
+            "seconds": {phase: _seconds(t1 - t0), "save": _seconds(t2 - t1),
                         "view": _seconds(t3 - t2), "total": _seconds(t3 - t0)},
             "key_numbers": entry.key_numbers(result),
         }
-        if own is not windows:
-            analyses[entry.name]["windows"] = {"window": own.window, "stride": own.stride,
-                                               "n_windows": len(own)}
+        if entry.corpus:
+            analyses[entry.name]["pass"] = "shared corpus pass (summary.corpus_pass)"
     bar.close()
+    sections = [sections[n] for n in ORDER if n in sections]
     meta = artifacts.run_metadata(model, windows, batch_size=batch_size, **(settings or {}))
     data = meta["data"]
     timings = ", ".join(f"{n} {a['seconds']['total']:.1f} s" for n, a in analyses.items()
@@ -246,6 +258,7 @@ def run_all(model, windows: Windows, out_dir: str | Path, *, batch_size: int = 8
                                        "tokenizer_vocab", "n_layers", "d_model", "d_vocab")},
         "data": data, "settings": {"device": str(device), "batch_size": batch_size,
                                    **(settings or {})},
+        "corpus_pass": corpus_pass,
         "analyses": analyses,
         "report": {"file": report.name, "bytes": report.stat().st_size},
         "total_seconds": _seconds(total),

@@ -5,6 +5,7 @@ import json
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from workbench import report
 from workbench.data import load_windows
@@ -61,13 +62,52 @@ def test_an_analysis_error_propagates(random_tiny, tmp_path, monkeypatch):
                        progress=False)
 
 
-def test_amap_gets_sysif_windows(random_tiny):
-    long = load_windows(random_tiny, text=TEXT)  # 44 byte tokens in one window
-    w = report._amap_windows(random_tiny, long)
-    assert (w.window, w.stride) == (15, 15) and len(w) == 3
-    short = load_windows(random_tiny, text="a cat")
-    w = report._amap_windows(random_tiny, short)
-    assert w.window == 5 and len(w) == 1  # the whole text is one full window
+def test_one_fused_pass_gives_the_separate_passes_artifacts(random_tiny, tmp_path, monkeypatch):
+    """distributions + lens + AMAP in ONE corpus pass: the same artifacts as each analysis run on
+    its own, and the model forwarded once per batch for all three."""
+    from safetensors.torch import load_file
+
+    from workbench import capture
+    from workbench.analyses import amap, distributions, lens
+
+    docs = [TEXT * 3, "A dog barks.", TEXT + " And then it slept."]
+    windows = load_windows(random_tiny, text=docs, window=24, stride=24)
+    names = ["distributions", "lens", "amap"]
+    calls = []
+    real = capture.forward
+    monkeypatch.setattr(capture, "forward", lambda *a, **k: calls.append(1) or real(*a, **k))
+    summary = report.run_all(random_tiny, windows, tmp_path / "fused", progress=False,
+                             only=names, batch_size=3)
+    monkeypatch.setattr(capture, "forward", real)
+    n_batches = -(-len(windows) // 3)
+    # + the calibration of the histogram edges, + the neuron pages' histogram pass (16 windows
+    # a batch); the AMAP contexts need none: they come from the corpus pass
+    pages = -(-len(windows) // 16)
+    assert summary["corpus_pass"]["batches"] == n_batches
+    assert len(calls) == n_batches + 1 + pages
+    assert summary["corpus_pass"]["reducers"] == names
+    alone = tmp_path / "alone"
+    distributions.analyze(random_tiny, windows, batch_size=3, progress=False).save(alone)
+    lens.analyze(random_tiny, windows, batch_size=3, progress=False).save(alone)
+    amap.analyze(random_tiny, windows, batch_size=3, progress=False, modes=("input",),
+                 require_full_window=False).save(alone)
+    for name in names:
+        fused = load_file(tmp_path / "fused" / f"{name}.safetensors")
+        own = load_file(alone / f"{name}.safetensors")
+        assert set(fused) == set(own), name
+        for key, t in own.items():
+            assert torch.equal(fused[key], t), f"{name}: {key}"
+
+
+def test_run_amap_leaves_bos_out(random_tiny, tmp_path):
+    windows = load_windows(random_tiny, text=[TEXT, "A dog barks."])
+    assert windows.bos
+    report.run_all(random_tiny, windows, tmp_path, progress=False, only=["amap"])
+    from workbench.analyses.amap import load
+
+    counts = load(tmp_path).counts("input")
+    real = windows.tokens[:, 1:][windows.mask[:, 1:]]  # every position but the BOS
+    assert counts.tolist() == torch.bincount(real, minlength=len(counts)).tolist()
 
 
 def test_attention_cap_keeps_big_models_small(random_tiny):

@@ -151,19 +151,3 @@ def test_jsonl_fields_that_are_not_strings_are_refused_with_the_line(tmp_path, v
     (tmp_path / "a.jsonl").write_text('{"text": "fine"}\n' + f'{{"text": {value}}}\n')
     with pytest.raises(WorkbenchError, match=r"a\.jsonl:2: field 'text' is .* not a string"):
         read_jsonl(tmp_path / "a.jsonl")
-
-
-@pytest.mark.parametrize("window, stride, bos", [(15, 15, False), (7, 3, True), (40, 40, True)])
-def test_rewindow_equals_tokenizing_again(window, stride, bos):
-    """Windows cut from another windowing's token ids equal windows cut from the text."""
-    from workbench.data import rewindow
-    from workbench.models.random_tiny import random_tiny
-
-    model = random_tiny()
-    docs = ["the cat sat on the mat and looked at the door for a long while", "a dog", "x"]
-    first = load_windows(model, text=docs, window=20, stride=11)
-    again = rewindow(first, model.tokenizer, window, stride, bos=bos)
-    ref = load_windows(model, text=docs, window=window, stride=stride, bos=bos)
-    for key in ("tokens", "mask", "doc_ids", "starts"):
-        assert torch.equal(getattr(again, key), getattr(ref, key)), key
-    assert again.sha256 == ref.sha256 and again.n_documents == ref.n_documents

@@ -300,7 +300,7 @@ class AmapReducer:
                  positions: bool = False, layers: list[int] | None = None,
                  sum_dtype: str = "float32", sum_device: str | None = None, top_k: int = 8,
                  count_bos: bool = False, context_span: int | None = None,
-                 memory_limit: int | None = None):
+                 memory_limit: int | None = None, context_units: int = 2, batch_size: int = 8):
         modes = tuple(modes)
         check_model(model, modes)
         if sum_dtype not in SUM_DTYPES:
@@ -309,6 +309,7 @@ class AmapReducer:
             raise WorkbenchError("top_k must be >= 1")
         self.model, self.windows = model, windows
         self.modes, self.count_bos = modes, count_bos
+        self.context_units, self.batch_size = context_units, batch_size
         self.layers = resolve_layers(model, layers)
         self.hooks = capture.mlp_hooks(model, self.layers)
         self.need_logits = "output" in modes
@@ -338,6 +339,10 @@ class AmapReducer:
             keys["output"] = batch.logits.argmax(-1)
         self.accs["amap"].update(acts, keep, {m: keys[m] for m in self.modes}, shift)
         self.accs["top"].update(acts, keep, batch.index)
+
+    def finish(self) -> AmapResult:
+        """The result of a one-process pass over every window."""
+        return self.result(len(self.windows), {"batch_size": self.batch_size}, self.context_units)
 
     def result(self, n_windows: int, extra: dict | None = None,
                context_units: int = 2) -> AmapResult:
@@ -406,7 +411,7 @@ def analyze(
         check_windows(windows)
     if checkpoint_every < 1:
         raise WorkbenchError("checkpoint_every must be >= 1")
-    reducer = AmapReducer(model, windows, **options)
+    reducer = AmapReducer(model, windows, batch_size=batch_size, **options)
     part, offset = local_part(windows, shard, ctx)
     world = ctx.world if ctx is not None else 1
     meta = artifacts.run_metadata(model, windows, **reducer.settings)

@@ -301,7 +301,7 @@ class DistributionsReducer:
             a["sample"].update(keys[pos], samples[pos],
                                torch.stack([window[t_idx], position[t_idx], d_idx], dim=1))
 
-    def result(self, shard: tuple[int, int] | None = None) -> DistributionsResult:
+    def finish(self, shard: tuple[int, int] | None = None) -> DistributionsResult:
         if int(self.accs["moments"].count) == 0 and shard is None:
             raise WorkbenchError("no positions left to analyse: every window has only its first "
                                  "position, which is left out; give longer text, or count it "
@@ -357,7 +357,7 @@ def analyze(
     capture.run(model, part, [reducer], batch_size=batch_size, progress=progress,
                 window_offset=offset, ctx=ctx, checkpoint_dir=checkpoint_dir,
                 checkpoint_name="distributions", fingerprint=fp, resume=resume)
-    return reducer.result(shard)  # the caller saves, then drops the checkpoint
+    return reducer.finish(shard)  # the caller saves, then drops the checkpoint
 
 
 def result_from_states(accs: dict, labels: list[str], settings: dict, meta: dict,

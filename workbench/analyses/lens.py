@@ -369,7 +369,7 @@ class LensReducer:
             out = self._lens(stack, seq[None], mask)
         return seq, out.window(0), stack[:, 0]
 
-    def result(self) -> LensResult:
+    def finish(self) -> LensResult:
         model, windows = self.model, self.windows
         if self.first is None:
             self.first = self._first_window()
@@ -440,7 +440,7 @@ def analyze(
     capture.run(model, part, [reducer], batch_size=batch_size, progress=progress,
                 window_offset=offset, ctx=ctx, checkpoint_dir=checkpoint_dir,
                 checkpoint_name="lens", fingerprint=fp, resume=resume)
-    result = reducer.result()
+    result = reducer.finish()
     if shard is not None:
         result.meta["shard"] = shard_metadata(windows, *shard)
     return result
