@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-from tests.torchrun import assert_same_tensors, gloss_model, torchrun
+from tests.torchrun import assert_same_amap, gloss_model, torchrun
 from workbench.artifacts import load
 from workbench.cli import main
 from workbench.sharding import shard_range
@@ -40,7 +40,7 @@ def test_two_processes_equal_one_process(runs):
     single, m1 = load(runs / "single" / ARTIFACT)
     multi, m2 = load(runs / "torchrun" / ARTIFACT)
     # counts exact, fp64 sums within 1e-6, unit maxima and max-activating windows exact
-    assert_same_tensors(single, multi, what="torchrun vs one process: ")
+    assert_same_amap(single, multi, what="torchrun vs one process: ")
     assert m1["data"] == m2["data"] and m1["settings"] == m2["settings"]
     assert m2["amap"]["n_windows"] == m1["amap"]["n_windows"]
     # rank 0 read the contexts of the whole data's top windows, as one process does
@@ -54,7 +54,7 @@ def test_two_processes_equal_one_process(runs):
 def test_shards_merged_offline_equal_one_process(runs):
     single, _ = load(runs / "single" / ARTIFACT)
     merged, meta = load(runs / "merged" / ARTIFACT)
-    assert_same_tensors(single, merged, what="shards+merge vs one process: ")
+    assert_same_amap(single, merged, what="shards+merge vs one process: ")
     assert "shard" not in meta and [p["shard"]["index"] for p in meta["merged_from"]] == [0, 1]
     for i in range(2):
         assert load(runs / f"shard{i}" / ARTIFACT)[1]["shard"]["count"] == 2
@@ -89,7 +89,7 @@ def test_a_rank_dying_mid_run_then_resume(runs, tmp_path):
     done = load(out / "checkpoints" / "rank0-of-2" / "amap.ckpt.safetensors")[1]["batches"]
     resumed = torchrun(["-m", "workbench", *ARGS, "--resume", "--out", str(out)])
     assert resumed.returncode == 0, resumed.stderr[-4000:]
-    assert_same_tensors(load(runs / "single" / ARTIFACT)[0], load(out / ARTIFACT)[0],
+    assert_same_amap(load(runs / "single" / ARTIFACT)[0], load(out / ARTIFACT)[0],
                         what="resumed torchrun vs one process: ")
     assert not (out / "checkpoints").exists()
     # it resumed: rank 0 ran only the batches after its last checkpoint

@@ -330,6 +330,8 @@ def analyze(
     ctx: DistContext | None = None,
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
+    checkpoint_every: int = 50,
+    max_batches: int | None = None,
     **options,
 ) -> DistributionsResult:
     """One pass over ``windows``; see the module docstring.
@@ -337,7 +339,8 @@ def analyze(
     ``shard=(i, n)`` analyses only the i-th of n slices of the windows (a job-array task; merge
     the parts with ``merge_results``); under ``torchrun`` pass ``ctx`` (``DistContext.from_env()``):
     each rank analyses its slice and every rank gets the reduced result of the whole.
-    ``checkpoint_dir`` + ``resume``: checkpoint the pass there and continue a killed one.
+    ``checkpoint_dir`` + ``resume``: checkpoint the pass there (every ``checkpoint_every``
+    batches) and continue a killed one; ``max_batches`` stops early, as a kill would.
 
     Options (``DistributionsReducer``): ``sample`` (pairplot) and ``scatter_points`` (scatter by
     dimension / token of ``layer``) are sizes of one deterministic uniform sample of (token, dim)
@@ -356,7 +359,8 @@ def analyze(
                               batch_size=batch_size, window_offset=offset)
     capture.run(model, part, [reducer], batch_size=batch_size, progress=progress,
                 window_offset=offset, ctx=ctx, checkpoint_dir=checkpoint_dir,
-                checkpoint_name="distributions", fingerprint=fp, resume=resume)
+                checkpoint_name="distributions", fingerprint=fp, resume=resume,
+                checkpoint_every=checkpoint_every, max_batches=max_batches)
     return reducer.finish(shard)  # the caller saves, then drops the checkpoint
 
 

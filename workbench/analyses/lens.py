@@ -80,6 +80,7 @@ class LensResult(ResultMixin):
     k: int
     generated_from: int | None = None  # index in ``tokens`` of the first generated token
     meta: dict = field(default_factory=dict)
+    states: dict[str, Tensor] = field(default_factory=dict)  # state.stats.*: LensStats, to merge
     _stack: Tensor | None = field(default=None, repr=False, compare=False)
     _model: object = field(default=None, repr=False, compare=False)
 
@@ -205,6 +206,7 @@ class LensResult(ResultMixin):
         if self.window_watch_ranks is not None:
             out["window_watch_ranks"] = self.window_watch_ranks
         out |= {f"dataset.{k}": v for k, v in self.dataset.items()}
+        out |= self.states
         return {k: v.detach().cpu().clone() for k, v in out.items()}
 
     def summary(self) -> dict:
@@ -235,7 +237,40 @@ class LensResult(ResultMixin):
         meta = dict(self.meta)
         meta["layer_labels"] = self.layer_labels
         meta["tokens_text"] = [self.label(t) for t in self.tokens]
+        meta["lens"] = {"mode": self.mode, "k": self.k,
+                        "token_strs": {str(i): t for i, t in sorted(self.token_strs.items())}}
         return artifacts.save(Path(out_dir) / ARTIFACT, self.tensors(), meta)
+
+    @classmethod
+    def load(cls, path: str | Path) -> LensResult:
+        """A result from ``lens.safetensors`` (a file, or its folder); without residuals, so
+        ``predictions(k=...)`` beyond the stored k and new watch lists need a rerun."""
+        path = Path(path)
+        file = path / ARTIFACT if path.is_dir() else path
+        if not file.exists():
+            raise WorkbenchError(f"no lens artifact at {path}: expected {file} (written by "
+                                 "`workbench lens`)")
+        t, meta = artifacts.load(file)
+        f = artifacts.Fields(meta, file)
+        lens = f.section("lens")
+        strs = lens.get("token_strs", dict)
+        labels = f.get("layer_labels", list)
+        need = ("tokens", "topk_ids", "topk_probs", "ranks", "entropy", "kl", "agreement",
+                "window_tokens", "window_ranks", "window_doc_ids", "window_starts")
+        missing = [k for k in need if k not in t]
+        f.require(not missing, f"holds no {missing} tensors (not a lens artifact of this version)")
+        n_lens = len(labels)
+        f.require(all(t[k].shape[0] == n_lens for k in ("topk_ids", "ranks", "window_ranks")),
+                  f"its tensors do not have the {n_lens} lenses its 'layer_labels' name")
+        gen = t.get("generated_from")
+        return cls(
+            **{k: t[k] for k in need}, watch_ids=t.get("watch_ids"),
+            watch_ranks=t.get("watch_ranks"), window_watch_ranks=t.get("window_watch_ranks"),
+            dataset={k[8:]: v for k, v in t.items() if k.startswith("dataset.")},
+            layer_labels=labels, token_strs={int(i): s_ for i, s_ in strs.items()},
+            mode=lens.get("mode", str), k=lens.int("k", 1),
+            generated_from=None if gen is None else int(gen), meta=meta,
+            states={k: v for k, v in t.items() if k.startswith("state.")})
 
 
 def decode_ids(tokenizer, ids: Sequence[int]) -> dict[int, str]:
@@ -403,6 +438,7 @@ class LensReducer:
             k=self.k,
             generated_from=generated_from,
             meta=meta,
+            states={f"state.stats.{k_}": v for k_, v in self.accs["stats"].state_dict().items()},
             _stack=stack,
             _model=model,
         )
@@ -418,6 +454,8 @@ def analyze(
     ctx=None,
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
+    checkpoint_every: int = 50,
+    max_batches: int | None = None,
     **options,
 ) -> LensResult:
     """Run the logit lens over ``windows`` (teacher-forced at every position).
@@ -439,7 +477,8 @@ def analyze(
                               batch_size=batch_size, window_offset=offset)
     capture.run(model, part, [reducer], batch_size=batch_size, progress=progress,
                 window_offset=offset, ctx=ctx, checkpoint_dir=checkpoint_dir,
-                checkpoint_name="lens", fingerprint=fp, resume=resume)
+                checkpoint_name="lens", fingerprint=fp, resume=resume,
+                checkpoint_every=checkpoint_every, max_batches=max_batches)
     result = reducer.finish()
     if shard is not None:
         result.meta["shard"] = shard_metadata(windows, *shard)

@@ -168,3 +168,45 @@ def merge_distributions(paths: list[str | Path]):
     meta.pop("settings", None)
     token_labels = first.token_labels if all(p.token_labels == first.token_labels for p in parts) else None
     return result_from_states(merged, first.labels, first.settings, meta, token_labels)
+
+
+def merge_lens(paths: list[str | Path]):
+    """One ``LensResult`` from lens shard artifacts: statistics added, every window's ranks
+    taken from the part that ran it (-1 elsewhere: an elementwise max), the first window's
+    read-outs from the first part (every part holds them)."""
+    import torch
+
+    from workbench.analyses.lens import LensResult
+    from workbench.kernels.lens_stats import LensStats
+
+    parts = [LensResult.load(p) for p in paths]
+    metas = [r.meta for r in parts]
+    order = check_parts(metas, paths)
+    if any(m.get("shard") is None for m in metas):
+        raise WorkbenchError("lens merge folds the --shard parts of one build (each holds every "
+                             "window's slot); whole builds of different data do not line up")
+    first = parts[order[0]]
+    stats = None
+    for j in order:
+        part = parts[j]
+        if not torch.equal(part.window_tokens, first.window_tokens):
+            raise WorkbenchError(f"{paths[j]} holds other windows than {paths[order[0]]}: "
+                                 "merge the parts of one build")
+        try:
+            st = LensStats(len(part.layer_labels), int(part.meta["d_vocab"])).load_state_dict(
+                {k[len("state.stats."):]: v for k, v in part.states.items()})
+        except (KeyError, WorkbenchError) as exc:
+            from workbench.artifacts import damaged
+
+            raise damaged(paths[j], f"its lens statistics are damaged or missing ({exc})",
+                          "rebuild that part") from None
+        stats = st if stats is None else stats.merge(st)
+        if j != order[0]:
+            torch.maximum(first.window_ranks, part.window_ranks, out=first.window_ranks)
+            if first.window_watch_ranks is not None:
+                torch.maximum(first.window_watch_ranks, part.window_watch_ranks,
+                              out=first.window_watch_ranks)
+    first.dataset = stats.compute()
+    first.states = {f"state.stats.{k}": v for k, v in stats.state_dict().items()}
+    first.meta = merged_meta([metas[j] for j in order], [paths[j] for j in order])
+    return first

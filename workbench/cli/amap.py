@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from workbench.cli.common import add_input_args, int_list, nonneg_int, positive_float, positive_int
+from workbench.cli.common import (
+    add_input_args,
+    add_pass_args,
+    int_list,
+    nonneg_int,
+    positive_float,
+    positive_int,
+)
 
 
 def register(sub) -> None:
@@ -27,16 +34,13 @@ def register(sub) -> None:
                    help="dtype of the activation sums (float64 for long builds)")
     b.add_argument("--sum-device", default=None, help="device for the sums (e.g. cpu)")
     b.add_argument("--top-k", type=positive_int, default=8, help="max-activating windows kept per unit")
+    b.add_argument("--count-bos", action="store_true",
+                   help="count the BOS position as a key too (with --bos; left out by default)")
     b.add_argument("--context-units", type=nonneg_int, default=2,
                    help="units per layer whose contexts are written to amap_contexts.json")
-    b.add_argument("--checkpoint-every", type=positive_int, default=50, help="batches between checkpoints")
-    b.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
-    b.add_argument("--shard", default=None, metavar="I/N",
-                   help="build only the I-th of N slices of the windows (a job-array task, "
-                   "numbered from 0); fold the N parts with `workbench amap merge`")
+    add_pass_args(b, "amap")
     b.add_argument("--memory-limit-gib", type=positive_float, default=None,
                    help="refuse to build when the sums need more than this (default: 80%% free)")
-    b.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)  # tests: a kill
     b.add_argument("--no-html", action="store_true", help="skip amap.html")
     b.set_defaults(func=build_main)
 
@@ -110,13 +114,14 @@ def _add_rebuild_args(c) -> None:
 def build_main(args) -> int:
     from workbench.analyses.amap import build
     from workbench.cli.common import load_inputs
+    from workbench.cli.common import pass_options
     from workbench.distributed import DistContext
     from workbench.paths import resolve_device
     from workbench.sharding import parse_shard
     from workbench.views.amap import section
     from workbench.views.html import Page
 
-    shard = parse_shard(args.shard) if args.shard else None
+    parse_shard(args.shard) if args.shard else None  # before the model loads
     modes = [x.strip() for x in args.modes.split(",") if x.strip()]
     if not modes or any(m not in ("input", "output") for m in modes):
         from workbench.errors import WorkbenchError
@@ -137,9 +142,10 @@ def build_main(args) -> int:
                            positions=args.positions, layers=args.layers,
                            sum_dtype=args.sum_dtype, sum_device=args.sum_device,
                            top_k=args.top_k, context_units=args.context_units,
-                           checkpoint_every=args.checkpoint_every, resume=args.resume,
-                           max_batches=args.stop_after, memory_limit=limit)
-            result = build(model, windows, args.out, shard=shard, ctx=ctx, **options)
+                           count_bos=args.count_bos, memory_limit=limit,
+                           **pass_options(args, ctx))
+            options.pop("checkpoint_dir")  # build checkpoints into its --out
+            result = build(model, windows, args.out, **options)
     finally:
         ctx.close()
     if not ctx.is_main:  # rank 0 writes the whole build

@@ -49,6 +49,28 @@ def int_list(text: str) -> list[int]:
     return out
 
 
+def add_pass_args(p: argparse.ArgumentParser, what: str) -> None:
+    """Flags of every corpus pass (``capture.run``): checkpoints, resume, shards."""
+    p.add_argument("--checkpoint-every", type=positive_int, default=50,
+                   help="batches between checkpoints in --out (also every 5 minutes)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the checkpoint a killed run left in --out")
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help=f"analyse only the I-th of N slices of the windows (a job-array task, "
+                   f"numbered from 0); fold the N parts with `workbench {what} merge`")
+    p.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)  # tests: a kill
+
+
+def pass_options(args, ctx) -> dict:
+    """``capture.run``'s options from ``add_pass_args``'s flags (checkpoints in --out)."""
+    from workbench.sharding import parse_shard
+
+    return {"checkpoint_dir": args.out, "checkpoint_every": args.checkpoint_every,
+            "resume": args.resume, "max_batches": args.stop_after,
+            "shard": parse_shard(args.shard) if args.shard else None,
+            "ctx": ctx if ctx.is_distributed else None}
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"model name (default {DEFAULT_MODEL})")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1")

@@ -8,7 +8,13 @@ from __future__ import annotations
 
 import argparse
 
-from workbench.cli.common import add_input_args, load_inputs, positive_float, positive_int
+from workbench.cli.common import (
+    add_input_args,
+    add_pass_args,
+    load_inputs,
+    positive_float,
+    positive_int,
+)
 
 
 def _layer(text: str) -> int | str:
@@ -32,9 +38,7 @@ def register(sub) -> None:
     p.add_argument("parts", nargs="*", metavar="PARTS",
                    help="with merge: distributions.safetensors files or folders holding one")
     add_input_args(p, source_required=False)
-    p.add_argument("--shard", default=None, metavar="I/N",
-                   help="analyse only the I-th of N slices of the windows (a job-array task; "
-                   "numbered from 0); fold the parts with `workbench distributions merge`")
+    add_pass_args(p, "distributions")
     p.add_argument("--keep-first", dest="skip_first", action="store_false",
                    help="keep position 0 of each window (excluded by default, as in the seed)")
     p.add_argument("--bins", type=positive_int, default=300, help="histogram bins (default 300)")
@@ -57,7 +61,9 @@ def register(sub) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from workbench import checkpoint
     from workbench.analyses.distributions import analyze
+    from workbench.cli.common import pass_options
     from workbench.distributed import DistContext
     from workbench.paths import resolve_device
     from workbench.sharding import parse_shard
@@ -75,17 +81,17 @@ def main(args: argparse.Namespace) -> int:
                 skip_first=args.skip_first, bins=args.bins, value_range=None if args.value_range is None else tuple(args.value_range),
                 symlog=args.symlog, sample=args.sample, scatter_points=args.scatter_points,
                 layer=args.layer, pair_layers=args.pair_layers, seed=args.seed,
-                shard=shard, ctx=ctx if ctx.is_distributed else None,
+                **pass_options(args, ctx),
             )
-        if not ctx.is_main:  # every rank holds the reduced result; one writes it
-            return 0
-        data = windows.metadata()
-        _write(result, args.out, {
-            "model": model.cfg.model_name, "source": data["source"],
-            "windows": data["n_windows"], "tokens": data["n_tokens"],
-            **({"shard": args.shard} if shard else {}),
-            **({"processes": ctx.world} if ctx.is_distributed else {}),
-        })
+        if ctx.is_main:  # every rank holds the reduced result; one writes it
+            data = windows.metadata()
+            _write(result, args.out, {
+                "model": model.cfg.model_name, "source": data["source"],
+                "windows": data["n_windows"], "tokens": data["n_tokens"],
+                **({"shard": args.shard} if shard else {}),
+                **({"processes": ctx.world} if ctx.is_distributed else {}),
+            })
+        checkpoint.finish(args.out, "distributions", ctx)  # once the artifact is written
     finally:
         ctx.close()
     return 0
