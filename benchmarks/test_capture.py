@@ -34,14 +34,20 @@ with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
     f.write(text)
 w = load_windows(model, file=f.name, window=window)
 before = reset_peak()
-total = torch.zeros((), dtype=torch.float64)
-captured = 0
-def reduce(batch):
-    global total, captured
-    for a in batch.acts.values():
-        total += a.double().sum()
-        captured += a.numel() * a.element_size()
-run(model, w, hooks, [reduce], batch_size=8, progress=False)
+class Sum:  # a reducer that reads every activation and keeps one number
+    name, hooks, need_logits = "sum", hooks, False
+    total, captured = torch.zeros((), dtype=torch.float64), 0
+
+    def accumulators(self):
+        return {}
+
+    def update(self, batch):
+        for a in batch.acts.values():
+            self.total += a.double().sum()
+            self.captured += a.numel() * a.element_size()
+r = Sum()
+run(model, w, [r], batch_size=8, progress=False)
+captured = r.captured
 after = peak_kib()
 print(json.dumps({"tokens": w.n_tokens, "windows": len(w), "rss_before_kib": before,
                   "rss_after_kib": after, "growth_kib": after - before,
@@ -87,10 +93,88 @@ def test_capture_throughput(benchmark):
     model = random_tiny(n_ctx=256)
     w = load_windows(model, text="abcdefghij" * (50 if QUICK else 1000), window=255)
 
+    class Nothing:
+        name, hooks, need_logits = "nothing", resid_hooks(model), False
+
+        def accumulators(self):
+            return {}
+
+        def update(self, batch):
+            pass
+
     def go():
-        return run(model, w, resid_hooks(model), [lambda b: None], batch_size=8, progress=False)
+        return run(model, w, [Nothing()], batch_size=8, progress=False)
 
     stats = benchmark.pedantic(go, rounds=1 if QUICK else 3, iterations=1)
     benchmark.extra_info.update({"role": "workbench", "tokens": w.n_tokens,
                                  "tokens_per_s": stats.tokens_per_s,
                                  "threads": torch.get_num_threads()})
+
+
+# --- the corpus pass of `workbench run` ------------------------------------------------------
+
+CORPUS_DOCS = 300 if QUICK else 3000
+CORPUS_BATCH = 16
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    from itertools import islice
+
+    from workbench import load_model
+    from workbench.corpus import gloss_documents
+    from workbench.data import load_windows
+
+    model = load_model("tiny-gloss-lm", device="cpu")
+    docs = list(islice(gloss_documents("validation"), CORPUS_DOCS))
+    return model, load_windows(model, text=docs, window=64)  # one window per gloss, mostly
+
+
+def _lens_floor(model, windows) -> None:
+    """The bare forward over the same windows (in window order, as a notebook loops) plus the
+    lens floor: every lens's residuals through ln_final and the unembedding (the matmuls no
+    lens can skip)."""
+    from workbench.capture import resid_hooks
+
+    hooks = resid_hooks(model)
+    with torch.inference_mode():
+        for _, tok, _m in windows.batches(CORPUS_BATCH):
+            _, cache = model.run_with_cache(tok, names_filter=hooks)
+            stack = torch.stack([cache[h] for h in hooks])
+            model.unembed(model.ln_final(stack.flatten(0, 1)))
+
+
+def _corpus_pass(model, windows):
+    from workbench.analyses.amap import AmapReducer
+    from workbench.analyses.distributions import DistributionsReducer
+    from workbench.analyses.lens import LensReducer
+    from workbench.capture import run
+
+    reducers = [DistributionsReducer(model, windows), LensReducer(model, windows),
+                AmapReducer(model, windows, modes=("input",))]
+    return run(model, windows, reducers, batch_size=CORPUS_BATCH, progress=False)
+
+
+@pytest.mark.parametrize("impl", ["bare_forward_and_lens_floor", "workbench_corpus_pass"])
+@pytest.mark.benchmark(group="corpus-pass")
+def test_corpus_pass_vs_forward_and_lens_floor(benchmark, impl, corpus):
+    """`workbench run`'s corpus phase (distributions + lens + AMAP reducers, one pass) against
+    the bare forward over the same windows plus the unembedding matmuls of every lens. Also the
+    share of forwarded positions that are padding: batches in window order vs by length."""
+    from workbench.capture import batch_plan, padding_share
+
+    model, windows = corpus
+    rounds = 1 if QUICK else 3
+    if impl == "bare_forward_and_lens_floor":
+        benchmark.pedantic(_lens_floor, args=(model, windows), rounds=rounds, iterations=1)
+        in_order = list(torch.arange(len(windows)).split(CORPUS_BATCH))
+        benchmark.extra_info.update({"role": "baseline", "tokens": windows.n_tokens,
+                                     "padding_share": padding_share(windows, in_order)})
+        return
+    stats = benchmark.pedantic(_corpus_pass, args=(model, windows), rounds=rounds, iterations=1)
+    by_length = padding_share(windows, batch_plan(windows, CORPUS_BATCH))
+    assert abs(stats.padding_share - by_length) < 1e-9 and by_length < 0.10
+    benchmark.extra_info.update({"role": "workbench", "tokens": windows.n_tokens,
+                                 "tokens_per_s": windows.n_tokens / benchmark.stats.stats.median,
+                                 "padding_share": by_length, "goal_ratio": 1 / 1.3,
+                                 "goal": "corpus pass ≤ 1.3× forward + lens floor"})
