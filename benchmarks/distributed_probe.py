@@ -15,7 +15,6 @@ from workbench.analyses.amap import analyze
 from workbench.data import load_windows
 from workbench.distributed import DistContext
 from workbench.models.random_tiny import random_tiny
-from workbench.sharding import local_part
 
 
 def main() -> None:

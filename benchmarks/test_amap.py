@@ -8,7 +8,8 @@
   flatter us); on CUDA it runs in fp16 as SYSIF did. Goal: >= 5x faster on CPU.
 - ``amap-build``: ``analyze`` (both modes, max-activating windows, contexts, checkpoints off) over
   the windows of a text against the bare ``model(tokens)`` under ``inference_mode`` over the same
-  windows and batches (logits included: output mode needs them). Goal: build <= 1.3x forward.
+  windows and batches (logits included: output mode needs them). Goal: build <= 1.2x forward
+  (issue 15; it was 1.3x).
   The model is random with tiny-gloss-lm's shape (4 layers, d_model 128, d_mlp 512, V 8192).
 - ``amap-top-windows``: the k = 8 max-activating windows of every unit over a stream of batches
   ``[layers, batch, positions, d_mlp]``. Both take each window's masked max over positions per
@@ -17,7 +18,16 @@
   stable descending sort (ties by window id: the workbench's exact answer). The workbench:
   ``TopWindows.update`` per batch (bounded state). The batches cycle through a pool of distinct
   ones (64 MiB at most), so equal scores are common: values must agree, windows where untied.
+- ``amap-state-memory``: in a fresh process, the peak RSS growth while writing an engine
+  checkpoint of an AMAP, and while merging two AMAP parts from disk (``merge_dirs``), against
+  the bytes of one AMAP's states. Goal: <= 1.5x the state.
 """
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -190,7 +200,7 @@ def test_amap_build_vs_forward(benchmark, device, impl, build_setup):
                                  "windows": len(w), "tokens": w.n_tokens, "batch_size": batch_size,
                                  "device": device})
     if impl == "workbench":
-        benchmark.extra_info.update({"goal_ratio": 1 / 1.3, "goal": "build ≤ 1.3× forward"})
+        benchmark.extra_info.update({"goal_ratio": 1 / 1.2, "goal": "build ≤ 1.2× forward"})
         assert all(out.invariants.values())
 
 
@@ -258,3 +268,63 @@ def test_top_windows(benchmark, device, impl, size):
     assert torch.equal(values, ref_v)
     if impl != "torch_topk":  # topk orders equal scores arbitrarily
         assert torch.equal(windows, ref_w) and torch.equal(positions, ref_p)
+
+
+# --- memory of the checkpoint write and the offline merge, against the state size -------------
+
+STATE_PROBE = r"""
+import json, sys, tempfile, torch
+from pathlib import Path
+from memprobe import peak_kib, reset_peak
+from workbench import checkpoint
+from workbench.analyses.amap import build
+from workbench.analyses.amap_export import merge_dirs
+from workbench.capture import states_of
+from workbench.data import load_windows
+from workbench.models.random_tiny import random_tiny
+torch.set_num_threads(1)
+what, vocab = sys.argv[1], int(sys.argv[2])
+model = random_tiny(n_layers=2, d_model=64, n_heads=4, d_mlp=512, d_vocab=vocab)
+text = " ".join("abcdefghij"[i % 10] * (1 + i % 5) for i in range(600))
+w = load_windows(model, text=text, window=15, stride=15, bos=False)
+root = Path(tempfile.mkdtemp())
+opts = dict(batch_size=16, progress=False, modes=("input",), context_units=0)
+if what == "merge":
+    for i in range(2):
+        build(model, w, root / f"p{i}", shard=(i, 2), **opts)
+    from workbench.analyses.amap import load
+    state = sum(t.numel() * t.element_size() for t in load(root / "p0").amap.states.values())
+    before = reset_peak()
+    merge_dirs([root / "p0", root / "p1"])
+else:
+    from workbench.analyses.amap import AmapReducer
+    r = AmapReducer(model, w, modes=("input",))
+    state = sum(t.numel() * t.element_size() for t in r.accumulators()["amap"].states.values())
+    before = reset_peak()
+    checkpoint.save(root, "amap", states_of([r]), 1, 16, 16, "x")
+after = peak_kib()
+print(json.dumps({"state_mib": state / 2**20, "growth_mib": (after - before) / 1024,
+                  "peak_mib": after / 1024}))
+"""
+
+
+def _state_probe(what: str, vocab: int) -> dict:
+    env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONPATH": os.pathsep.join(
+        [str(Path(__file__).parent), str(Path(__file__).parents[1])])}
+    out = subprocess.run([sys.executable, "-c", STATE_PROBE, what, str(vocab)],
+                         capture_output=True, text=True, check=True, env=env)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("what", ["checkpoint", "merge"])
+@pytest.mark.benchmark(group="amap-state-memory")
+def test_state_memory(benchmark, what):
+    """Peak RSS growth while writing a checkpoint / merging two AMAP parts from disk, against
+    the size of one AMAP's states (the goal: ≤ 1.5× the state on top of it)."""
+    vocab = 20_000 if QUICK else 100_000
+    got = benchmark.pedantic(_state_probe, args=(what, vocab), rounds=1, iterations=1)
+    ratio = got["growth_mib"] / got["state_mib"]
+    benchmark.extra_info.update({"role": "workbench", "tokens": 0, **got, "peak_mib": got["peak_mib"],
+                                 "growth_vs_state": ratio,
+                                 "goal_max": {"growth_vs_state": 1.5},
+                                 "goal": "growth ≤ 1.5× the state"})

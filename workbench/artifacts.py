@@ -207,6 +207,16 @@ def load(path: str | Path, todo: str = _REBUILD) -> tuple[dict[str, torch.Tensor
     except Exception as exc:  # SafetensorError and friends: the file is not what its header says
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise damaged(path, f"cannot be read as safetensors ({first})", todo) from None
+    return tensors, _meta_of(path, header, todo)
+
+
+def read_meta(path: str | Path, todo: str = _REBUILD) -> dict:
+    """The metadata of an artifact from its header alone (no tensor is read), checked as
+    ``load`` checks it."""
+    return _meta_of(Path(path), read_header(path, todo), todo)
+
+
+def _meta_of(path: Path, header: dict, todo: str) -> dict:
     raw = (header.get("__metadata__") or {}).get("workbench", "{}")
     try:
         meta = json.loads(raw)
@@ -214,7 +224,7 @@ def load(path: str | Path, todo: str = _REBUILD) -> tuple[dict[str, torch.Tensor
         raise damaged(path, "holds workbench metadata that is not JSON (edited by hand?)", todo) from None
     if not isinstance(meta, dict):
         raise damaged(path, "holds workbench metadata that is not a JSON object (edited by hand?)", todo)
-    return tensors, meta
+    return meta
 
 
 def read_json(path: str | Path, what: str = "file"):

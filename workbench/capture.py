@@ -79,8 +79,9 @@ class Reducer(Protocol):
     ``name`` prefixes its states in a checkpoint; ``hooks`` are the activations it reads;
     ``need_logits`` asks for the full forward; ``accumulators()`` are its states (declared on
     ``workbench.kernels.state.Accumulator``: checkpointed, reduced across processes and merged
-    offline by the engine); ``update(batch)`` folds one batch in. The analysis turns the
-    accumulators into its result after the pass.
+    offline by the engine); ``update(batch)`` folds one batch in. After the pass the analysis's
+    reducers turn their accumulators into its result with ``finish()`` (not called by the
+    engine: a torchrun rank or a shard finishes with what it needs).
     """
 
     name: str
@@ -252,9 +253,10 @@ def stream(
 
 
 def states_of(reducers: Sequence[Reducer]) -> dict[str, Tensor]:
-    """Every reducer's accumulator states as ``{reducer}.{accumulator}.{state}`` keys."""
+    """Every reducer's accumulator states as ``{reducer}.{accumulator}.{state}`` keys: the live
+    tensors, not copies (a checkpoint write then holds no second copy of the states)."""
     return {f"{r.name}.{a}.{k}": v for r in reducers for a, acc in r.accumulators().items()
-            for k, v in acc.state_dict().items()}
+            for k, v in acc.states.items()}
 
 
 def load_states(reducers: Sequence[Reducer], state: dict[str, Tensor]) -> None:
@@ -344,6 +346,26 @@ def run(
             accs = r.accumulators()
             ctx.reduce_all(accs)  # in place: every rank now holds the whole
     return stats
+
+
+def run_reducer(model, windows: Windows, reducer: Reducer, *, batch_size: int = 8,
+                progress: bool = True, shard: tuple[int, int] | None = None,
+                ctx: DistContext | None = None, **options) -> tuple[Throughput, Windows, int]:
+    """One analysis's pass: its slice of ``windows`` (``shard`` or this torchrun rank's), run
+    with checkpoints named after the reducer under the one identity rule (``workbench.identity``:
+    model, data, the reducer's ``settings``; + batch size, shard offset and process count, which
+    a resume must replay). Returns the throughput, the slice and its first window id."""
+    from workbench import artifacts, identity
+    from workbench.sharding import local_part
+
+    part, offset = local_part(windows, shard, ctx)
+    world = ctx.world if ctx is not None else 1
+    meta = artifacts.run_metadata(model, windows, **reducer.settings)
+    fp = identity.fingerprint(meta, batch_size=batch_size, window_offset=offset, processes=world)
+    stats = run(model, part, [reducer], batch_size=batch_size, progress=progress,
+                desc=reducer.name, window_offset=offset, checkpoint_name=reducer.name,
+                fingerprint=fp, ctx=ctx, **options)
+    return stats, part, offset
 
 
 def plan(model, hooks: Sequence[str], batch: int, seq: int, need_logits: bool = False) -> MemoryPlan:

@@ -105,3 +105,40 @@ def test_encoder_padding_does_not_change_real_positions(minilm):
     n = int(alone.mask.sum())
     for h in hooks:
         torch.testing.assert_close(padded.acts[h][0, :n], alone.acts[h][0, :n], rtol=0, atol=1e-4)
+
+
+def test_a_reducer_set_stopped_and_resumed_is_byte_identical(random_tiny, tmp_path):
+    """distributions + lens + AMAP through one engine pass, stopped after 2 batches (as a kill
+    would) and resumed from the checkpoint: every state equals the uninterrupted pass bit for bit;
+    a changed setting is refused."""
+    from workbench.analyses.amap import AmapReducer
+    from workbench.analyses.distributions import DistributionsReducer
+    from workbench.analyses.lens import LensReducer
+    from workbench.capture import CaptureInterrupted, states_of
+    from workbench.data import load_windows
+
+    docs = ["the cat sat on the mat " * 3, "a dog", "neurons fire on some tokens " * 2, "x y z"]
+    windows = load_windows(random_tiny, text=docs, window=12, stride=12)
+
+    def reducers():
+        return [DistributionsReducer(random_tiny, windows, value_range=(-15.0, 15.0)),
+                LensReducer(random_tiny, windows), AmapReducer(random_tiny, windows)]
+
+    whole = reducers()
+    run(random_tiny, windows, whole, batch_size=2, progress=False)
+    killed = reducers()
+    opts = {"batch_size": 2, "progress": False, "checkpoint_dir": tmp_path, "fingerprint": "f",
+            "checkpoint_every": 1}
+    with pytest.raises(CaptureInterrupted):
+        run(random_tiny, windows, killed, max_batches=2, **opts)
+    with pytest.raises(WorkbenchError, match="--resume"):
+        run(random_tiny, windows, reducers(), **opts)
+    with pytest.raises(WorkbenchError, match="different build"):
+        run(random_tiny, windows, reducers(), resume=True, **{**opts, "fingerprint": "g"})
+    resumed = reducers()
+    stats = run(random_tiny, windows, resumed, resume=True, **opts)
+    assert stats.batches == -(-len(windows) // 2) - 2  # only the batches after the checkpoint
+    want, got = states_of(whole), states_of(resumed)
+    assert set(want) == set(got)
+    for key, t in want.items():
+        assert t.dtype == got[key].dtype and torch.equal(t, got[key]), key

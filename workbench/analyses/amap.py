@@ -34,8 +34,8 @@ CONTEXTS = "amap_contexts.json"
 BUILD_INFO = "amap_build.json"  # timings live apart: amap.safetensors must not change run to run
 
 
-class BuildInterrupted(WorkbenchError):
-    """The build stopped early on purpose (``max_batches``); a checkpoint may be resumed."""
+# The build stopped early on purpose (``max_batches``); its checkpoint can be resumed.
+BuildInterrupted = capture.CaptureInterrupted
 
 
 @dataclass(repr=False)
@@ -96,8 +96,9 @@ class AmapResult(ResultMixin):
     def contexts_for(self, model, windows: Windows, units: list[tuple[int, int]],
                      window_offset: int = 0) -> list[dict]:
         """Max-activating windows of any ``units`` ``[(layer, neuron), ...]``: tokens and the
-        unit's activation at each (one forward pass over their windows). ``windows``: the data
-        the AMAP was built on (e.g. ``load_windows`` with the metadata's source and windowing)."""
+        unit's activation at each, around the peak (kept by the build's pass; an older AMAP's
+        windows are run through ``model`` again). ``windows``: the data the AMAP was built on
+        (e.g. ``load_windows`` with the metadata's source and windowing)."""
         return read_contexts(model, windows, self, units=units, window_offset=window_offset)
 
     def tensors(self) -> dict[str, Tensor]:
@@ -404,25 +405,18 @@ def analyze(
     ``require_full_window``: refuse data with no full window (SYSIF would build nothing); a
     caller analysing one short text (e.g. ``workbench run``) passes False.
     """
-    from workbench import identity
-    from workbench.sharding import local_part, shard_metadata
+    from workbench.sharding import shard_metadata
 
     if require_full_window:
         check_windows(windows)
     if checkpoint_every < 1:
         raise WorkbenchError("checkpoint_every must be >= 1")
     reducer = AmapReducer(model, windows, batch_size=batch_size, **options)
-    part, offset = local_part(windows, shard, ctx)
+    stats, part, offset = capture.run_reducer(
+        model, windows, reducer, batch_size=batch_size, progress=progress, shard=shard, ctx=ctx,
+        checkpoint_dir=checkpoint_dir, resume=resume, checkpoint_every=checkpoint_every,
+        max_batches=max_batches)
     world = ctx.world if ctx is not None else 1
-    meta = artifacts.run_metadata(model, windows, **reducer.settings)
-    fp = identity.fingerprint(meta, batch_size=batch_size, window_offset=offset, processes=world)
-    try:
-        stats = capture.run(model, part, [reducer], batch_size=batch_size, progress=progress,
-                            desc="amap", window_offset=offset, checkpoint_dir=checkpoint_dir,
-                            checkpoint_name="amap", fingerprint=fp, resume=resume,
-                            checkpoint_every=checkpoint_every, max_batches=max_batches, ctx=ctx)
-    except capture.CaptureInterrupted as exc:
-        raise BuildInterrupted(str(exc)) from None
     distributed = ctx is not None and ctx.is_distributed
     if shard is not None:
         extra = {"batch_size": batch_size, "window_offset": offset}

@@ -131,12 +131,19 @@ def merge(a: AmapResult, b: AmapResult) -> AmapResult:
     check_same_model(a.meta, b.meta, "cannot merge")
     n_pos = a.meta["amap"]["n_positions"]
     amap = Amap.from_state(a.amap.state_dict(), n_pos).merge(b.amap)
+    return _folded(a, b, amap, a.top, b.top)
+
+
+def _folded(a: AmapResult, b: AmapResult, amap: Amap, top_a, top_b) -> AmapResult:
+    """The merged result of ``a`` and ``b`` given their folded sums (``amap``)."""
     same = _data_sha(a.meta) is not None and _data_sha(a.meta) == _data_sha(b.meta)
     offsets_differ = a.meta["amap"].get("window_offset") != b.meta["amap"].get("window_offset")
     top = None
-    if same and offsets_differ and a.top is not None and b.top is not None:
-        top = type(a.top)(a.top.n_layers, a.top.d_mlp, a.top.k, span=a.top.span).load_state_dict(
-            a.top.state_dict()).merge(b.top)
+    if same and offsets_differ and top_a is not None and top_b is not None:
+        top = top_a if top_a is not a.top else type(top_a)(
+            top_a.n_layers, top_a.d_mlp, top_a.k, span=top_a.span).load_state_dict(
+            top_a.state_dict())
+        top.merge(top_b)
     n_windows = a.n_windows + b.n_windows
     meta = dict(a.meta)
     meta["data"] = {"sha256": _data_sha(a.meta) if same else None,
@@ -154,14 +161,35 @@ def merge_dirs(dirs: Sequence[str | Path]) -> AmapResult:
         raise WorkbenchError("give at least two AMAP folders to merge")
     from workbench.analyses.shards import check_parts, merged_meta
 
-    parts = [load(d) for d in dirs]
+    # The metadata of every part first (headers only), then the parts from disk one at a time,
+    # each folded into the first in place: memory holds two parts' states, never all of them.
+    metas = [_header_meta(d) for d in dirs]
     # one sharded build (--shard i/n): every part present once, folded in shard order
-    order = check_parts([p.meta for p in parts], list(dirs))
-    out = parts[order[0]]
+    order = check_parts(metas, list(dirs))
+    out = load(dirs[order[0]])
     for j in order[1:]:
-        out = merge(out, parts[j])
-    if any("shard" in p.meta for p in parts):
+        part = load(dirs[j])
+        check_same_model(out.meta, part.meta, "cannot merge")
+        out = _folded(out, part, out.amap.merge(part.amap), out.top, part.top)
+        del part
+    if any("shard" in m for m in metas):
         out.meta = {**out.meta, "merged_from": merged_meta(
-            [parts[j].meta for j in order], [dirs[j] for j in order])["merged_from"]}
+            [metas[j] for j in order], [dirs[j] for j in order])["merged_from"]}
         out.meta.pop("shard", None)
     return out
+
+
+def _header_meta(path: str | Path) -> dict:
+    """An AMAP's metadata from its safetensors header alone (no tensor is read)."""
+    from workbench import artifacts
+    from workbench.analyses.amap import ARTIFACT
+
+    path = Path(path)
+    file = path / ARTIFACT if path.is_dir() else path
+    if not file.exists():
+        raise WorkbenchError(f"no AMAP at {path}: expected {file} (written by `workbench amap "
+                             "build`)")
+    meta = artifacts.read_meta(file)
+    if "amap" not in meta:
+        raise WorkbenchError(f"{file} is not an AMAP artifact (no 'amap' metadata)")
+    return meta

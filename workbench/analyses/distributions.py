@@ -30,7 +30,7 @@ from workbench.kernels.histogram import Histogram, linear_edges, symlog_edges
 from workbench.kernels.moments import Moments
 from workbench.kernels.sample import BottomK, permute_ids
 from workbench.results import ResultMixin
-from workbench.sharding import local_part, shard_metadata
+from workbench.sharding import shard_metadata
 
 ARTIFACT = "distributions.safetensors"
 
@@ -351,16 +351,12 @@ def analyze(
     gives the seed's fixed edges whatever the model. ``skip_first`` (default True) leaves out
     position 0 of each window, ``bins`` / ``symlog`` shape the histogram edges.
     """
-    from workbench import capture, identity
+    from workbench import capture
 
     reducer = DistributionsReducer(model, windows, batch_size=batch_size, **options)
-    part, offset = local_part(windows, shard, ctx)
-    fp = identity.fingerprint(artifacts.run_metadata(model, windows, **reducer.settings),
-                              batch_size=batch_size, window_offset=offset)
-    capture.run(model, part, [reducer], batch_size=batch_size, progress=progress,
-                window_offset=offset, ctx=ctx, checkpoint_dir=checkpoint_dir,
-                checkpoint_name="distributions", fingerprint=fp, resume=resume,
-                checkpoint_every=checkpoint_every, max_batches=max_batches)
+    capture.run_reducer(model, windows, reducer, batch_size=batch_size, progress=progress,
+                        shard=shard, ctx=ctx, checkpoint_dir=checkpoint_dir, resume=resume,
+                        checkpoint_every=checkpoint_every, max_batches=max_batches)
     return reducer.finish(shard)  # the caller saves, then drops the checkpoint
 
 

@@ -468,17 +468,12 @@ def analyze(
     ``shard`` / ``ctx`` / ``checkpoint_dir`` / ``resume``: as for every corpus analysis
     (``capture.run``); a shard's result holds its own windows' ranks and statistics.
     """
-    from workbench import identity
-    from workbench.sharding import local_part, shard_metadata
+    from workbench.sharding import shard_metadata
 
     reducer = LensReducer(model, windows, batch_size=batch_size, **options)
-    part, offset = local_part(windows, shard, ctx)
-    fp = identity.fingerprint(artifacts.run_metadata(model, windows, **reducer.settings),
-                              batch_size=batch_size, window_offset=offset)
-    capture.run(model, part, [reducer], batch_size=batch_size, progress=progress,
-                window_offset=offset, ctx=ctx, checkpoint_dir=checkpoint_dir,
-                checkpoint_name="lens", fingerprint=fp, resume=resume,
-                checkpoint_every=checkpoint_every, max_batches=max_batches)
+    capture.run_reducer(model, windows, reducer, batch_size=batch_size, progress=progress,
+                        shard=shard, ctx=ctx, checkpoint_dir=checkpoint_dir, resume=resume,
+                        checkpoint_every=checkpoint_every, max_batches=max_batches)
     result = reducer.finish()
     if shard is not None:
         result.meta["shard"] = shard_metadata(windows, *shard)

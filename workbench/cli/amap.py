@@ -113,8 +113,7 @@ def _add_rebuild_args(c) -> None:
 
 def build_main(args) -> int:
     from workbench.analyses.amap import build
-    from workbench.cli.common import load_inputs
-    from workbench.cli.common import pass_options
+    from workbench.cli.common import load_inputs, pass_options
     from workbench.distributed import DistContext
     from workbench.paths import resolve_device
     from workbench.sharding import parse_shard

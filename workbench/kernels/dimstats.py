@@ -12,7 +12,7 @@ by max. fp64 state whatever the input dtype.
 from __future__ import annotations
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float
 from torch import Tensor
 
 from workbench.errors import WorkbenchError
