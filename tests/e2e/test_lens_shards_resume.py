@@ -1,6 +1,6 @@
 """Every corpus analysis through the one engine: the lens as 2 shards + ``lens merge`` and over 2
 processes (torchrun, gloo) against one process, and ``--resume`` after a stop for the lens and
-the distributions (byte-identical artifacts). The gloss corpus's 100 first documents."""
+the distributions (byte-identical artifacts). The gloss corpus's 50 first documents."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from workbench.artifacts import load
 from workbench.cli import main
 
 ARTIFACT = "lens.safetensors"
-BASE = ["--model", gloss_model(), "--dataset", "wordnet-glosses", "--limit", "100", "--device",
+BASE = ["--model", gloss_model(), "--dataset", "wordnet-glosses", "--limit", "50", "--device",
         "cpu", "--quiet", "--batch-size", "8", "--window", "32"]
 ARGS = [*BASE, "--k", "5"]
 
@@ -80,8 +80,8 @@ def test_stopped_then_resumed_is_byte_identical(tmp_path, capsys, command, artif
             "--checkpoint-every", "3"]
     assert main([*args, "--out", str(tmp_path / "whole")]) == 0
     out = tmp_path / "stopped"
-    assert main([*args, "--stop-after", "7", "--out", str(out)]) == 2  # as a kill would
-    assert "stopped after 7 batches" in capsys.readouterr().err
+    assert main([*args, "--stop-after", "4", "--out", str(out)]) == 2  # as a kill would
+    assert "stopped after 4 batches" in capsys.readouterr().err
     assert (out / f"{command}.ckpt.safetensors").exists() and not (out / artifact).exists()
     assert main([*args, "--out", str(out)]) == 2  # a leftover checkpoint is never ignored
     assert "--resume" in capsys.readouterr().err
