@@ -163,23 +163,36 @@ def load(path: str | Path) -> AmapResult:
     return result
 
 
-def _checked(file: Path, tensors: dict, meta: dict):
-    """The accumulators of an AMAP artifact after checking its metadata against its tensors."""
+def checked_meta(file: Path, meta: dict) -> dict:
+    """The fields of an AMAP's metadata the workbench reads, after checking their types and
+    ranges (no tensor needed: ``amap merge`` checks every part's header this way first)."""
     f = artifacts.Fields(meta, file)
     a = f.section("amap")
-    n_pos = a.int("n_positions")
-    n_windows = a.int("n_windows")
-    key_strs = a.get("key_strs", list)
-    a.require(all(isinstance(k, str) for k in key_strs), "metadata 'amap.key_strs' holds non-text")
-    n_layers_model = f.int("n_layers", 1)
-    modes = [m for m in ("input", "output") if f"sum.{m}" in tensors]
+    out = {"n_pos": a.int("n_positions"), "n_windows": a.int("n_windows"),
+           "key_strs": a.get("key_strs", list), "n_layers": f.int("n_layers", 1),
+           "d_vocab": f.int("d_vocab", 1)}
+    a.require(all(isinstance(k, str) for k in out["key_strs"]),
+              "metadata 'amap.key_strs' holds non-text")
+    f.get("data", dict, {})
+    f.get("settings", dict, {})
+    return out
+
+
+def _checked(file: Path, tensors: dict, meta: dict):
+    """The accumulators of an AMAP artifact after checking its metadata against its tensors."""
+    m = checked_meta(file, meta)
+    f = artifacts.Fields(meta, file)
+    a = f.section("amap")
+    n_pos, n_windows, key_strs = m["n_pos"], m["n_windows"], m["key_strs"]
+    n_layers_model = m["n_layers"]
+    modes = [mode for mode in ("input", "output") if f"sum.{mode}" in tensors]
     f.require(bool(modes), "holds no sum.input / sum.output tensor")
     s = tensors[f"sum.{modes[0]}"]
     f.require(s.ndim == 3, f"tensor sum.{modes[0]} is {tuple(s.shape)}, not [layer, key, mlp]")
     n_keys = s.shape[1]
     a.require(len(key_strs) == n_keys, f"metadata 'amap.key_strs' has {len(key_strs)} labels for "
               f"{n_keys} keys")
-    d_vocab = f.int("d_vocab", 1)
+    d_vocab = m["d_vocab"]
     a.require(n_keys == d_vocab + n_pos, f"metadata 'amap.n_positions' {n_pos} and 'd_vocab' "
               f"{d_vocab} do not add up to the tensors' {n_keys} keys")
     layers_t = tensors.get("layers")
@@ -190,7 +203,7 @@ def _checked(file: Path, tensors: dict, meta: dict):
     f.require(layers == sorted(set(layers)) and all(0 <= x < n_layers_model for x in layers),
               f"tensor 'layers' {layers} is not increasing within 0..{n_layers_model - 1}")
     try:
-        amap = Amap.from_state(tensors, n_pos)
+        amap = Amap.from_state(tensors, n_pos, copy=False)  # read from the file: adopt
     except WorkbenchError as exc:
         raise artifacts.damaged(file, f"its tensors do not fit together ({exc})") from None
     for m in modes:

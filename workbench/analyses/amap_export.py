@@ -182,7 +182,7 @@ def merge_dirs(dirs: Sequence[str | Path]) -> AmapResult:
 def _header_meta(path: str | Path) -> dict:
     """An AMAP's metadata from its safetensors header alone (no tensor is read)."""
     from workbench import artifacts
-    from workbench.analyses.amap import ARTIFACT
+    from workbench.analyses.amap import ARTIFACT, checked_meta
 
     path = Path(path)
     file = path / ARTIFACT if path.is_dir() else path
@@ -192,4 +192,5 @@ def _header_meta(path: str | Path) -> dict:
     meta = artifacts.read_meta(file)
     if "amap" not in meta:
         raise WorkbenchError(f"{file} is not an AMAP artifact (no 'amap' metadata)")
+    checked_meta(file, meta)  # the set check reads these; the tensors are checked on load
     return meta

@@ -215,8 +215,9 @@ class Amap(Accumulator):
         return out
 
     @classmethod
-    def from_state(cls, state: Mapping[str, Tensor], n_positions: int) -> Amap:
-        """An ``Amap`` rebuilt from its state dict (modes and sizes read off the tensors)."""
+    def from_state(cls, state: Mapping[str, Tensor], n_positions: int, copy: bool = True) -> Amap:
+        """An ``Amap`` rebuilt from its state dict (modes and sizes read off the tensors;
+        ``copy=False`` adopts them, for tensors just read from an artifact)."""
         modes = tuple(m for m in MODES if f"sum.{m}" in state)
         if not modes:
             raise WorkbenchError("no sum.input / sum.output tensors: this is not an AMAP artifact")
@@ -225,4 +226,4 @@ class Amap(Accumulator):
         amap = cls(n_layers, n_keys - n_positions, d_mlp, modes, n_positions, s.dtype, "cpu")
         if "act_max" not in state:  # artifacts written without it still load
             state = {**state, "act_max": torch.full((n_layers, d_mlp), torch.nan)}
-        return amap.load_state_dict({k: state[k] for k in amap.states})
+        return amap.load_state_dict({k: state[k] for k in amap.states}, copy=copy)

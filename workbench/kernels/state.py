@@ -38,8 +38,9 @@ REDUCE_OPS = ("sum", "max", "min", "merge")
 
 def checked_state(owner: str, state: Mapping[str, torch.Tensor],
                   expected: dict[str, tuple[tuple[int, ...], torch.dtype]],
-                  device: torch.device) -> dict[str, torch.Tensor]:
-    """``state`` copied onto ``device`` after checking its keys, shapes and dtypes."""
+                  device: torch.device, copy: bool = True) -> dict[str, torch.Tensor]:
+    """``state`` copied onto ``device`` after checking its keys, shapes and dtypes
+    (``copy=False``: tensors already on ``device`` are taken as they are)."""
     if set(state) != set(expected):
         raise WorkbenchError(
             f"{owner} state has keys {sorted(state)}, expected {sorted(expected)}; "
@@ -53,7 +54,7 @@ def checked_state(owner: str, state: Mapping[str, torch.Tensor],
                 f"{owner} state {name!r} is {tuple(t.shape)} {t.dtype}, expected {tuple(shape)} "
                 f"{dtype}; the accumulator was built with different sizes than the saved one"
             )
-        out[name] = t.detach().to(device=device, copy=True)
+        out[name] = t.detach().to(device=device, copy=copy)
     return out
 
 
@@ -71,11 +72,15 @@ class Accumulator:
     # declaration -----------------------------------------------------------------------------
 
     def add_state(self, name: str, default: torch.Tensor, reduce: str) -> None:
+        """Declare a state; ``default`` (a fresh tensor filled with one value, as ``torch.full``
+        makes) becomes its initial tensor, and ``reset`` refills it. Only its shape, dtype and
+        fill value are remembered: no second copy of a big state is kept."""
         if reduce not in REDUCE_OPS:
             raise ValueError(f"state {name!r}: reduce {reduce!r} is not one of {REDUCE_OPS}")
-        self._defaults[name] = default.detach().clone()
+        fill = default.reshape(-1)[0].item() if default.numel() else 0
+        self._defaults[name] = (tuple(default.shape), default.dtype, fill)
         self._reduce[name] = reduce
-        self.states[name] = default.detach().clone()
+        self.states[name] = default.detach()
 
     def add_buffer(self, name: str, value: torch.Tensor) -> None:
         """A tensor that moves with ``to`` but is no state (not saved, not reduced)."""
@@ -113,8 +118,11 @@ class Accumulator:
         """Shape and dtype each saved state must have (default: those of the current states)."""
         return {n: (tuple(t.shape), t.dtype) for n, t in self.states.items()}
 
-    def load_state_dict(self, state: Mapping[str, torch.Tensor]):
-        checked = checked_state(type(self).__name__, state, self.expected(state), self.device)
+    def load_state_dict(self, state: Mapping[str, torch.Tensor], copy: bool = True):
+        """Load saved states (checked against the declaration). ``copy=False`` adopts the given
+        tensors (e.g. just read from a file) instead of copying them: the caller gives them up."""
+        checked = checked_state(type(self).__name__, state, self.expected(state), self.device,
+                                copy)
         self._check_loaded(checked)
         self.states.update(checked)
         return self
@@ -125,8 +133,8 @@ class Accumulator:
     def reset(self):
         """Back to the declared defaults (on the current device)."""
         dev = self.device
-        for n, t in self._defaults.items():
-            self.states[n] = t.to(dev, copy=True)
+        for n, (shape, dtype, fill) in self._defaults.items():
+            self.states[n] = torch.full(shape, fill, dtype=dtype, device=dev)
         return self
 
     def to(self, device: torch.device | str):
