@@ -61,6 +61,18 @@ def add_pass_args(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)  # tests: a kill
 
 
+def check_merge_args(args, command: str) -> None:
+    """``workbench COMMAND merge PARTS --out DIR``: parts only, no input or shard flags."""
+    from workbench.errors import WorkbenchError
+
+    if args.action != "merge":
+        raise WorkbenchError(f"unexpected arguments {args.parts}; to fold shard artifacts run "
+                             f"`workbench {command} merge A B ... --out DIR`")
+    if args.text is not None or args.file is not None or args.dataset is not None or args.shard:
+        raise WorkbenchError("merge folds existing artifacts: give their paths, not "
+                             "--text/--file/--dataset/--shard")
+
+
 def pass_options(args, ctx) -> dict:
     """``capture.run``'s options from ``add_pass_args``'s flags (checkpoints in --out)."""
     from workbench.sharding import parse_shard

@@ -102,14 +102,9 @@ def _write(result, args, header: dict) -> None:
 
 def _merge(args) -> int:
     from workbench.analyses.shards import merge_lens
-    from workbench.errors import WorkbenchError
+    from workbench.cli.common import check_merge_args
 
-    if args.action != "merge":
-        raise WorkbenchError(f"unexpected arguments {args.parts}; to fold shard artifacts run "
-                             "`workbench lens merge A B ... --out DIR`")
-    if args.text is not None or args.file is not None or args.dataset is not None or args.shard:
-        raise WorkbenchError("merge folds existing artifacts: give their paths, not "
-                             "--text/--file/--dataset/--shard")
+    check_merge_args(args, "lens")
     result = merge_lens(args.parts)
     _write(result, args, {"model": result.meta.get("model"), "merged parts": len(args.parts)})
     return 0
