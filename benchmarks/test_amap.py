@@ -297,7 +297,7 @@ if what == "merge":
     before = reset_peak()
     merge_dirs([root / "p0", root / "p1"])
 else:
-    from workbench.analyses.amap import AmapReducer
+    from workbench.analyses.amap_reducer import AmapReducer
     r = AmapReducer(model, w, modes=("input",))
     state = sum(t.numel() * t.element_size() for t in r.accumulators()["amap"].states.values())
     before = reset_peak()

@@ -145,9 +145,9 @@ def _lens_floor(model, windows) -> None:
 
 
 def _corpus_pass(model, windows):
-    from workbench.analyses.amap import AmapReducer
+    from workbench.analyses.amap_reducer import AmapReducer
     from workbench.analyses.distributions import DistributionsReducer
-    from workbench.analyses.lens import LensReducer
+    from workbench.analyses.lens_reducer import LensReducer
     from workbench.capture import run
 
     reducers = [DistributionsReducer(model, windows), LensReducer(model, windows),

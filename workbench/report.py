@@ -133,7 +133,10 @@ REGISTRY: list[Entry] = [
     Entry("attention", _attention_options, _from_summary),
     Entry("factors", _factors_options, _from_summary),
 ]
-REDUCERS = {"distributions": "DistributionsReducer", "lens": "LensReducer", "amap": "AmapReducer"}
+# Each corpus analysis's reducer: "module:class".
+REDUCERS = {"distributions": "workbench.analyses.distributions:DistributionsReducer",
+            "lens": "workbench.analyses.lens_reducer:LensReducer",
+            "amap": "workbench.analyses.amap_reducer:AmapReducer"}
 ORDER = ("distributions", "lens", "attention", "factors", "amap")  # sections of the report
 
 
@@ -191,9 +194,10 @@ def run_all(model, windows: Windows, out_dir: str | Path, *, batch_size: int = 8
     # One pass for every corpus analysis: the union of their hooks, one forward per batch.
     reducers = {}
     t0 = time.perf_counter()
-    for entry, module, _, options in ready:
+    for entry, _, _, options in ready:
         if entry.corpus:
-            make = getattr(module, REDUCERS[entry.name])
+            where, cls = REDUCERS[entry.name].split(":")
+            make = getattr(importlib.import_module(where), cls)
             reducers[entry.name] = make(model, windows, batch_size=batch_size, **options)
     corpus_pass = None
     if reducers:

@@ -111,9 +111,9 @@ def test_a_reducer_set_stopped_and_resumed_is_byte_identical(random_tiny, tmp_pa
     """distributions + lens + AMAP through one engine pass, stopped after 2 batches (as a kill
     would) and resumed from the checkpoint: every state equals the uninterrupted pass bit for bit;
     a changed setting is refused."""
-    from workbench.analyses.amap import AmapReducer
+    from workbench.analyses.amap_reducer import AmapReducer
     from workbench.analyses.distributions import DistributionsReducer
-    from workbench.analyses.lens import LensReducer
+    from workbench.analyses.lens_reducer import LensReducer
     from workbench.capture import CaptureInterrupted, states_of
     from workbench.data import load_windows
 

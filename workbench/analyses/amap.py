@@ -25,7 +25,7 @@ from workbench import artifacts, capture
 from workbench.analyses.amap_contexts import read_contexts
 from workbench.data import Windows
 from workbench.errors import WorkbenchError
-from workbench.kernels.amap import SUM_DTYPES, Amap, check_fits, estimate_bytes
+from workbench.kernels.amap import Amap
 from workbench.kernels.top_windows import TopWindows
 from workbench.results import ResultMixin
 
@@ -290,101 +290,6 @@ def resolve_layers(model, layers) -> list[int]:
     return out
 
 
-def key_mask(windows: Windows, mask: Tensor, count_bos: bool) -> tuple[Tensor, int]:
-    """Positions that count as AMAP keys (and the ``[POS_k]`` shift): the real positions, without
-    the special tokens the windowing added (BOS / CLS first, SEP last) unless ``count_bos``."""
-    if count_bos or not windows.bos:
-        return mask, 0
-    keep = mask.clone()
-    keep[:, 0] = False
-    if windows.tokens.shape[1] - windows.window == 2:  # [CLS] text [SEP]: drop the SEP too
-        last = mask.sum(1) - 1
-        keep[torch.arange(mask.shape[0], device=mask.device), last.clamp(min=0)] = False
-    return keep, 1
-
-
-class AmapReducer:
-    """The AMAP as a reducer of the capture engine: MLP hooks (and logits for ``output`` mode) in;
-    the ``Amap`` sums and counts and the ``TopWindows`` (with each kept window's activations
-    around its peak, for the contexts) out."""
-
-    name = "amap"
-
-    def __init__(self, model, windows: Windows, *, modes=("input", "output"),
-                 positions: bool = False, layers: list[int] | None = None,
-                 sum_dtype: str = "float32", sum_device: str | None = None, top_k: int = 8,
-                 count_bos: bool = False, context_span: int | None = None,
-                 memory_limit: int | None = None, context_units: int = 2, batch_size: int = 8):
-        modes = tuple(modes)
-        check_model(model, modes)
-        if sum_dtype not in SUM_DTYPES:
-            raise WorkbenchError(f"sum dtype {sum_dtype!r}: use one of {', '.join(SUM_DTYPES)}")
-        if top_k < 1:
-            raise WorkbenchError("top_k must be >= 1")
-        self.model, self.windows = model, windows
-        self.modes, self.count_bos = modes, count_bos
-        self.context_units, self.batch_size = context_units, batch_size
-        self.layers = resolve_layers(model, layers)
-        self.hooks = capture.mlp_hooks(model, self.layers)
-        self.need_logits = "output" in modes
-        width = int(windows.tokens.shape[1])
-        self.n_pos = width if positions else 0
-        span = min(width, CONTEXT_SPAN) if context_span is None else min(width, context_span)
-        d_vocab, d_mlp = int(model.cfg.d_vocab), int(model.cfg.d_mlp)
-        device = torch.device(sum_device) if sum_device else next(model.parameters()).device
-        dtype = SUM_DTYPES[sum_dtype]
-        check_fits(estimate_bytes(len(self.layers), d_vocab + self.n_pos, d_mlp, len(modes), dtype),
-                   device, memory_limit)
-        self.accs = {"amap": Amap(len(self.layers), d_vocab, d_mlp, modes, self.n_pos, dtype,
-                                  device),
-                     "top": TopWindows(len(self.layers), d_mlp, top_k, device, span=span)}
-        self.settings = {"modes": list(modes), "positions": positions, "n_positions": self.n_pos,
-                         "layers": self.layers, "sum_dtype": sum_dtype, "top_k": top_k,
-                         "count_bos": count_bos, "context_span": span}
-
-    def accumulators(self) -> dict:
-        return self.accs
-
-    def update(self, batch) -> None:
-        acts = torch.stack([batch.acts[h] for h in self.hooks])
-        keep, shift = key_mask(self.windows, batch.mask, self.count_bos)
-        keys = {"input": batch.tokens}
-        if "output" in self.modes:
-            keys["output"] = batch.logits.argmax(-1)
-        self.accs["amap"].update(acts, keep, {m: keys[m] for m in self.modes}, shift)
-        self.accs["top"].update(acts, keep, batch.index)
-
-    def finish(self) -> AmapResult:
-        """The result of a one-process pass over every window."""
-        return self.result(len(self.windows), {"batch_size": self.batch_size}, self.context_units)
-
-    def result(self, n_windows: int, extra: dict | None = None,
-               context_units: int = 2) -> AmapResult:
-        """The result over ``n_windows`` windows (a shard's, or the whole data's after a
-        reduce), with the contexts of ``context_units`` units per layer read from the kept
-        windows (global ids: they index ``self.windows``, the whole data)."""
-        from workbench import identity
-
-        model, amap = self.model, self.accs["amap"]
-        meta = artifacts.run_metadata(model, self.windows, **self.settings)
-        d_vocab = amap.d_vocab
-        meta["amap"] = {"n_positions": self.n_pos, "n_windows": n_windows,
-                        "compat": identity.compat(meta), "fingerprint": identity.fingerprint(meta),
-                        "window_offset": 0, **(extra or {}),
-                        "key_strs": key_labels(model.tokenizer, d_vocab, self.n_pos)}
-        result = AmapResult(amap, self.accs["top"], self.layers, meta["amap"]["key_strs"],
-                            n_windows, meta)
-        result.invariants = amap.invariants(n_windows)
-        broken = [k for k, ok in result.invariants.items() if not ok]
-        if broken:  # a bug in the accumulator or the reduce, not a user error
-            raise RuntimeError(f"AMAP invariants failed: {broken}; please report this")
-        result.contexts = read_contexts(model, self.windows, result, context_units)
-        return result
-
-
-CONTEXT_SPAN = 32  # positions kept around a top window's peak (a 15-token window: all of it)
-
-
 def analyze(
     model,
     windows: Windows,
@@ -403,7 +308,8 @@ def analyze(
 ) -> AmapResult:
     """Build the AMAP of ``windows`` (one pass of the capture engine).
 
-    Options (``AmapReducer``): ``modes``, ``positions``, ``layers``, ``sum_dtype``, ``sum_device``,
+    Options (``workbench.analyses.amap_reducer.AmapReducer``): ``modes``, ``positions``,
+    ``layers``, ``sum_dtype``, ``sum_device``,
     ``top_k`` (max-activating windows kept per unit), ``count_bos`` (count the BOS position as a
     key; default off), ``context_span`` (positions kept around each kept window's peak, default
     32), ``memory_limit`` (bytes the sums may take).
@@ -418,6 +324,7 @@ def analyze(
     ``require_full_window``: refuse data with no full window (SYSIF would build nothing); a
     caller analysing one short text (e.g. ``workbench run``) passes False.
     """
+    from workbench.analyses.amap_reducer import AmapReducer
     from workbench.sharding import shard_metadata
 
     if require_full_window:
