@@ -11,10 +11,13 @@ import hashlib
 import json
 import os
 import platform
+import shutil
+import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from workbench.errors import WorkbenchError
 
@@ -105,12 +108,115 @@ def save(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict | None =
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = meta or {}
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    save_file(clean, str(tmp), metadata={"workbench": json.dumps(meta, default=str)})
-    _umask_mode(tmp)  # safetensors creates 0600 files; artifacts are shared like any output
+    write_safetensors(tmp, tensors, {"workbench": json.dumps(meta, default=str)})
     tmp.replace(path)
     atomic_write_bytes(path.with_suffix(".json"), json.dumps(meta, indent=2, default=str).encode())
     return path
+
+
+_ST_DTYPE = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16",
+             torch.bfloat16: "BF16", torch.int64: "I64", torch.int32: "I32", torch.int16: "I16",
+             torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL"}
+_PIECE_BYTES = 64 * 2**20
+
+
+def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """A safetensors file written tensor by tensor, and a large tensor that is not one block of
+    host memory (a view of a bigger buffer, a GPU state) slice by slice along its first dim: a
+    checkpoint of the live states holds no second copy of them, on the host or on the GPU."""
+    header: dict = {"__metadata__": metadata}
+    offset = 0
+    for name in sorted(tensors):
+        t = tensors[name]
+        if t.dtype not in _ST_DTYPE:
+            raise WorkbenchError(f"tensor {name!r} has dtype {t.dtype}, which artifacts do not hold")
+        size = t.numel() * t.element_size()
+        header[name] = {"dtype": _ST_DTYPE[t.dtype], "shape": list(t.shape),
+                        "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for name in sorted(tensors):
+            _write_tensor(f, tensors[name].detach())
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _write_tensor(f, t: torch.Tensor) -> None:
+    if not t.numel():
+        return
+    small = t.numel() * t.element_size() <= _PIECE_BYTES or t.ndim <= 1
+    if t.device.type != "cpu" or not t.is_contiguous():
+        if not small:
+            for piece in t:
+                _write_tensor(f, piece)
+            return
+        t = t.to("cpu").contiguous()
+    f.write(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+
+
+# A set of files committed together (``commit_set``): written into ``.commit-<name>.staged``,
+# which is renamed ``.commit-<name>`` once every file is whole (the commit point), then moved
+# into place; ``recover`` finishes a commit a kill interrupted, or drops one never committed.
+_STAGED, _COMMITTED = ".commit-{}.staged", ".commit-{}"
+
+
+def commit_set(out_dir: str | Path, name: str,
+               writers: dict[str, Callable[[Path], None]], remove: tuple[str, ...] = ()) -> None:
+    """Make the files ``writers`` write (``{file name: write(path)}``) visible in ``out_dir``
+    together, and drop the ``remove`` files of an older build there: after a kill at any step the
+    folder holds the old set or the new one (``recover`` runs first on every read), never a mix."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    recover(out_dir, name)
+    staged, committed = out_dir / _STAGED.format(name), out_dir / _COMMITTED.format(name)
+    shutil.rmtree(staged, ignore_errors=True)
+    staged.mkdir()
+    for file, write in writers.items():
+        write(staged / file)
+    for file in remove:
+        if file not in writers:
+            (staged / f"{file}.remove").touch()
+    _fsync_dir(staged)
+    staged.rename(committed)  # the commit point
+    _fsync_dir(out_dir)
+    recover(out_dir, name)
+
+
+def recover(out_dir: str | Path, name: str) -> None:
+    """Finish an interrupted ``commit_set`` of ``name`` in ``out_dir`` (move its files in), or
+    drop one that never reached its commit point; nothing to do in a clean folder."""
+    out_dir = Path(out_dir)
+    staged, committed = out_dir / _STAGED.format(name), out_dir / _COMMITTED.format(name)
+    if staged.is_dir():
+        shutil.rmtree(staged, ignore_errors=True)
+    if not committed.is_dir():
+        return
+    for item in sorted(committed.iterdir()):
+        if item.name.endswith(".remove"):
+            (out_dir / item.name[: -len(".remove")]).unlink(missing_ok=True)
+            item.unlink()
+        else:
+            _umask_mode(item)
+            item.replace(out_dir / item.name)
+    _fsync_dir(out_dir)
+    committed.rmdir()
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 MAX_HEADER_BYTES = 100 * 2**20  # safetensors' own cap on the JSON header

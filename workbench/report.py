@@ -60,24 +60,6 @@ def _factors_options(model, windows: Windows) -> dict:
     return {"window_index": 0, "max_positions": 256, "n_components": min(8, _first_len(windows))}
 
 
-def _amap_skip(model, options: dict) -> str | None:
-    """The run's AMAP is dense over the vocabulary: say so when that cannot fit, rather than fail."""
-    from workbench.kernels.amap import available_bytes, estimate_bytes, human_bytes
-
-    cfg = model.cfg
-    need = estimate_bytes(cfg.n_layers, cfg.d_vocab, cfg.d_mlp,
-                          len(options.get("modes", ("input",))))
-    device = next(model.parameters()).device
-    budget = int(available_bytes(device) * 0.5)
-    if need <= budget:
-        return None
-    return (f"skipped: the AMAP is stored dense over the vocabulary ({cfg.d_vocab:,} tokens x "
-            f"{cfg.n_layers} layers x {cfg.d_mlp} neurons = {human_bytes(need)}, more than half "
-            f"of the {human_bytes(available_bytes(device))} free). A sparse AMAP that grows with "
-            "the tokens seen is not built yet; `workbench amap build --layers L` builds a dense "
-            "one for a few layers")
-
-
 def _amap_pages(model, windows: Windows, result, out_dir: Path, progress: bool) -> dict:
     """Neuron pages of the units the AMAP section shows, in ``pages/`` beside the report."""
     from workbench.analyses.neuron_pages import unit_pages, write_pages
@@ -113,12 +95,11 @@ def _lens_numbers(result) -> dict:
 
 
 def _amap_numbers(result) -> dict:
-    t = result.tensors()
     out = {"layers": list(result.layers)}
-    count = t.get("count.input")
-    if count is not None:
-        out["distinct_input_tokens"] = int((count > 0).sum())
-        out["positions_counted"] = int(count.sum())
+    if "input" in result.modes:
+        tokens = result.keys("input") < result.amap.d_vocab
+        out["distinct_input_tokens"] = int(tokens.sum())
+        out["positions_counted"] = int(result.counts("input")[tokens].sum())
     dead = result.dead_units()
     out["dead_units_by_layer"] = [int(x) for x in dead.sum(-1)]
     return out
@@ -128,7 +109,7 @@ REGISTRY: list[Entry] = [
     Entry("distributions", lambda m, w: {}, _distributions_numbers, corpus=True),
     Entry("lens", lambda m, w: {}, _lens_numbers, corpus=True),
     # Input-token AMAP of this text only (the corpus-scale build is `workbench amap build`).
-    Entry("amap", lambda m, w: {"modes": ("input",)}, _amap_numbers, corpus=True, skip=_amap_skip,
+    Entry("amap", lambda m, w: {"modes": ("input",)}, _amap_numbers, corpus=True,
           extras=_amap_pages),
     Entry("attention", _attention_options, _from_summary),
     Entry("factors", _factors_options, _from_summary),

@@ -8,8 +8,12 @@
 
 DESIGN.md semantics: layer l, neuron i (``blocks.{l}.mlp.hook_post``), key t: mean activation over
 every real position whose key is t (``input``: the token there; ``output``: the model's argmax
-prediction there; ``[POS_k]``: window position k, when positions are on). Sums and int64 counts
-are stored; an unseen key has count 0 and mean NaN. SYSIF's defaults: window 15, stride 15, no BOS.
+prediction there; ``[POS_k]``: window position k, when positions are on). fp64 sums and int64
+counts of the keys seen are stored (sparse, artifact v2); an unseen key is absent (mean NaN when
+asked for). SYSIF's defaults: window 15, stride 15, no BOS.
+
+A build's files (``amap.safetensors`` + ``amap.json``, ``amap_contexts.json``, ``amap_build.json``)
+are committed as one set (``artifacts.commit_set``): a kill leaves the old build or the new one.
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ class AmapResult(ResultMixin):
     amap: Amap
     top: TopWindows | None
     layers: list[int]  # model layer of each row of the sums
-    key_strs: list[str]  # label of each key id: decoded tokens, then [POS_k]
+    key_strs: dict[int, str]  # label of each key id seen: decoded tokens, then [POS_k]
     n_windows: int
     meta: dict
     invariants: dict[str, bool] = field(default_factory=dict)
@@ -66,12 +70,42 @@ class AmapResult(ResultMixin):
             raise WorkbenchError(f"mode {mode!r} was not built; this AMAP has {list(self.modes)}")
         return mode
 
+    def keys(self, mode: str = "input") -> Tensor:
+        """The key ids seen in ``mode`` [K] (token ids, then ``V + k`` for ``[POS_k]``)."""
+        return self.amap.keys(self._mode(mode))
+
     def means(self, mode: str = "input") -> Float[Tensor, "layer key mlp"]:
-        """Mean activation per (layer, key, neuron); NaN where the key was never seen."""
+        """Mean activation per (layer, key seen, neuron) [layer, K, mlp] fp64, keys as ``keys``."""
         return self.amap.compute()[f"mean.{self._mode(mode)}"]
 
     def counts(self, mode: str = "input") -> Tensor:
+        """How many positions each key seen had [K] (all > 0), keys as ``keys``."""
         return self.amap.counts[self._mode(mode)]
+
+    def at(self, mode: str = "input", ids=None) -> tuple[Tensor, Tensor]:
+        """Means [layer, n, mlp] (NaN where unseen) and counts [n] (0 where unseen) of the key
+        ids ``ids`` (default: every id, tokens then ``[POS_k]``: dense, for small vocabularies)."""
+        amap = self.amap
+        ids = torch.arange(amap.n_keys) if ids is None else torch.as_tensor(ids, dtype=torch.long)
+        slot = amap.lookup(self._mode(mode), ids).cpu()
+        seen = slot >= 0
+        means = torch.full((amap.n_layers, len(ids), amap.d_mlp), torch.nan, dtype=torch.float64)
+        counts = torch.zeros(len(ids), dtype=torch.long)
+        if bool(seen.any()):
+            s, c = amap.sums[mode][:, slot[seen]].cpu(), amap.counts[mode][slot[seen]].cpu()
+            means[:, seen] = s / c.double()[None, :, None]
+            counts[seen] = c
+        return means, counts
+
+    def label(self, key: int, tokenizer=None) -> str:
+        """The text of key id ``key`` (decoded by ``tokenizer`` when the AMAP never saw it)."""
+        if key in self.key_strs:
+            return self.key_strs[key]
+        if key >= self.amap.d_vocab:
+            return f"[POS_{key - self.amap.d_vocab}]"
+        if tokenizer is not None and key < len(tokenizer):
+            return tokenizer.decode([key])
+        return f"[ID_{key}]"
 
     def dead_units(self, threshold: float = 0.0) -> Bool[Tensor, "layer mlp"]:
         """Units whose largest activation over the whole dataset is <= ``threshold``."""
@@ -84,14 +118,15 @@ class AmapResult(ResultMixin):
         row = self._row(layer)
         if not 0 <= neuron < self.amap.d_mlp:
             raise WorkbenchError(f"neuron {neuron} out of range 0..{self.amap.d_mlp - 1}")
-        mean = self.means(mode)[row, :, neuron]
-        count = self.counts(mode).clone()
+        keys, count = self.keys(mode), self.counts(mode)
+        mean = self.amap.sums[mode][row, :, neuron] / count.double()
+        ok = count >= min_count
         if not positions:
-            count[self.amap.d_vocab :] = 0
-        score = torch.where(count >= min_count, mean, torch.tensor(-torch.inf, dtype=mean.dtype))
-        vals, ids = score.topk(min(k, int((count >= min_count).sum())))
-        return [{"id": int(i), "token": self.key_strs[int(i)], "mean": float(v),
-                 "count": int(count[i])} for v, i in zip(vals, ids, strict=True)]
+            ok &= keys < self.amap.d_vocab
+        score = torch.where(ok, mean, torch.tensor(-torch.inf, dtype=mean.dtype))
+        vals, slots = score.topk(min(k, int(ok.sum())))
+        return [{"id": int(keys[i]), "token": self.label(int(keys[i])), "mean": float(v),
+                 "count": int(count[i])} for v, i in zip(vals, slots, strict=True)]
 
     def contexts_for(self, model, windows: Windows, units: list[tuple[int, int]],
                      window_offset: int = 0) -> list[dict]:
@@ -102,7 +137,8 @@ class AmapResult(ResultMixin):
         return read_contexts(model, windows, self, units=units, window_offset=window_offset)
 
     def tensors(self) -> dict[str, Tensor]:
-        out = dict(self.amap.state_dict())
+        """The artifact's tensors: the live states (keys sorted in place first: no copies)."""
+        out = dict(self.amap.sort_().states)
         out["layers"] = torch.tensor(self.layers, dtype=torch.long)
         if self.top is not None:
             out |= {f"top.{k}": v for k, v in self.top.state_dict().items()}
@@ -111,10 +147,11 @@ class AmapResult(ResultMixin):
     def summary(self) -> dict:
         """Key numbers: modes, layers, windows, distinct keys seen, dead units per layer."""
         m = self.modes[0]
+        tokens = self.keys(m) < self.amap.d_vocab
         return {"modes": list(self.modes), "layers": list(self.layers),
                 "windows": self.n_windows, "d_mlp": self.amap.d_mlp,
-                "keys_seen": int((self.counts(m)[: self.amap.d_vocab] > 0).sum()),
-                "positions": int(self.counts(m)[: self.amap.d_vocab].sum()),
+                "keys_seen": int(tokens.sum()),
+                "positions": int(self.counts(m)[tokens].sum()),
                 "dead_units_by_layer": [int(x) for x in self.dead_units().sum(-1)],
                 "invariants_hold": all(self.invariants.values()) if self.invariants else None}
 
@@ -132,19 +169,24 @@ class AmapResult(ResultMixin):
         return view.figures(self)
 
     def save(self, out_dir: str | Path) -> Path:
+        """Commit the build's files together (a kill leaves the old set or this one); a build
+        there before is replaced whole (its contexts too, when this one has none)."""
         out_dir = Path(out_dir)
-        path = artifacts.save(out_dir / ARTIFACT, self.tensors(), self.meta)
+        writers = {ARTIFACT: lambda p: artifacts.save(p, self.tensors(), self.meta)}
+        writers[ARTIFACT.replace(".safetensors", ".json")] = lambda p: None  # written by save
         if self.contexts:
-            artifacts.write_json(out_dir / CONTEXTS, self.contexts)
+            writers[CONTEXTS] = lambda p: artifacts.write_json(p, self.contexts)
         if self.throughput:
-            artifacts.write_json(out_dir / BUILD_INFO, self.throughput)
-        return path
+            writers[BUILD_INFO] = lambda p: artifacts.write_json(p, self.throughput)
+        artifacts.commit_set(out_dir, "amap", writers, remove=(CONTEXTS, BUILD_INFO))
+        return out_dir / ARTIFACT
 
 
 def load(path: str | Path) -> AmapResult:
     """An ``AmapResult`` from an AMAP folder (or its ``amap.safetensors``)."""
     path = Path(path)
     file = path / ARTIFACT if path.is_dir() else path
+    artifacts.recover(file.parent, "amap")  # finish a commit a kill interrupted
     if not file.exists():
         raise WorkbenchError(f"no AMAP at {path}: expected {file} (written by `workbench amap build`)")
     tensors, meta = artifacts.load(file)
@@ -155,6 +197,8 @@ def load(path: str | Path) -> AmapResult:
     contexts = _checked_contexts(ctx_file, layers, amap.d_mlp) if ctx_file.exists() else []
     result = AmapResult(amap, top, layers, info["key_strs"], info["n_windows"], meta,
                         contexts=contexts)
+    if meta.get("amap", {}).get("build_id") is None:  # v1: no build id, dense sums
+        result.meta = {**meta, "amap": {**meta["amap"], "converted_from": "v1 (dense)"}}
     result.invariants = amap.invariants(result.n_windows)
     broken = [k for k, ok in result.invariants.items() if not ok]
     if broken:
@@ -165,36 +209,47 @@ def load(path: str | Path) -> AmapResult:
 
 def checked_meta(file: Path, meta: dict) -> dict:
     """The fields of an AMAP's metadata the workbench reads, after checking their types and
-    ranges (no tensor needed: ``amap merge`` checks every part's header this way first)."""
+    ranges (no tensor needed: ``amap merge`` checks every part's header this way first).
+    ``key_strs``: ``{key id: label}`` of the keys labelled (v2: ``key_ids`` beside ``key_strs``;
+    v1: one label per id of the whole vocabulary)."""
     f = artifacts.Fields(meta, file)
     a = f.section("amap")
     out = {"n_pos": a.int("n_positions"), "n_windows": a.int("n_windows"),
-           "key_strs": a.get("key_strs", list), "n_layers": f.int("n_layers", 1),
-           "d_vocab": f.int("d_vocab", 1)}
-    a.require(all(isinstance(k, str) for k in out["key_strs"]),
-              "metadata 'amap.key_strs' holds non-text")
+           "n_layers": f.int("n_layers", 1), "d_vocab": f.int("d_vocab", 1),
+           "build_id": a.get("build_id", str, None), "parts": a.get("parts", list, [])}
+    labels = a.get("key_strs", list)
+    a.require(all(isinstance(k, str) for k in labels), "metadata 'amap.key_strs' holds non-text")
+    ids = a.get("key_ids", list, None)
+    if ids is None:  # v1
+        a.require(len(labels) == out["d_vocab"] + out["n_pos"],
+                  f"metadata 'amap.key_strs' has {len(labels)} labels for "
+                  f"{out['d_vocab'] + out['n_pos']} keys (d_vocab + n_positions)")
+        ids = list(range(len(labels)))
+    a.require(len(ids) == len(labels) and all(isinstance(i, int) and 0 <= i < out["d_vocab"]
+                                              + out["n_pos"] for i in ids),
+              f"metadata 'amap.key_ids' ({len(ids)}) does not match its {len(labels)} labels or "
+              "holds ids outside the vocabulary and positions")
+    out["key_strs"] = dict(zip(ids, labels, strict=True))
+    a.require(all(isinstance(p, str) for p in out["parts"]), "metadata 'amap.parts' holds non-text")
     f.get("data", dict, {})
     f.get("settings", dict, {})
     return out
 
 
 def _checked(file: Path, tensors: dict, meta: dict):
-    """The accumulators of an AMAP artifact after checking its metadata against its tensors."""
+    """The accumulators of an AMAP artifact after checking its metadata against its tensors
+    (a v1 artifact, dense over the whole vocabulary, is converted to the sparse form)."""
     m = checked_meta(file, meta)
     f = artifacts.Fields(meta, file)
-    a = f.section("amap")
     n_pos, n_windows, key_strs = m["n_pos"], m["n_windows"], m["key_strs"]
-    n_layers_model = m["n_layers"]
+    n_layers_model, d_vocab = m["n_layers"], m["d_vocab"]
     modes = [mode for mode in ("input", "output") if f"sum.{mode}" in tensors]
     f.require(bool(modes), "holds no sum.input / sum.output tensor")
     s = tensors[f"sum.{modes[0]}"]
     f.require(s.ndim == 3, f"tensor sum.{modes[0]} is {tuple(s.shape)}, not [layer, key, mlp]")
-    n_keys = s.shape[1]
-    a.require(len(key_strs) == n_keys, f"metadata 'amap.key_strs' has {len(key_strs)} labels for "
-              f"{n_keys} keys")
-    d_vocab = m["d_vocab"]
-    a.require(n_keys == d_vocab + n_pos, f"metadata 'amap.n_positions' {n_pos} and 'd_vocab' "
-              f"{d_vocab} do not add up to the tensors' {n_keys} keys")
+    if f"keys.{modes[0]}" not in tensors:  # v1: dense over every key id
+        f.require(s.shape[1] == d_vocab + n_pos, f"metadata 'amap.n_positions' {n_pos} and "
+                  f"'d_vocab' {d_vocab} do not add up to the tensors' {s.shape[1]} keys")
     layers_t = tensors.get("layers")
     f.require(layers_t is not None and layers_t.ndim == 1 and layers_t.dtype == torch.long
               and len(layers_t) == s.shape[0], "tensor 'layers' is missing or does not match "
@@ -203,11 +258,9 @@ def _checked(file: Path, tensors: dict, meta: dict):
     f.require(layers == sorted(set(layers)) and all(0 <= x < n_layers_model for x in layers),
               f"tensor 'layers' {layers} is not increasing within 0..{n_layers_model - 1}")
     try:
-        amap = Amap.from_state(tensors, n_pos, copy=False)  # read from the file: adopt
+        amap = Amap.from_state(tensors, d_vocab, n_pos, copy=False)  # read from the file: adopt
     except WorkbenchError as exc:
         raise artifacts.damaged(file, f"its tensors do not fit together ({exc})") from None
-    for m in modes:
-        f.require(bool((amap.counts[m] >= 0).all()), f"count.{m} holds negative counts")
     top = None
     if "top.values" in tensors:
         v = tensors["top.values"]
@@ -245,12 +298,13 @@ def _checked_contexts(path: Path, layers: list[int], d_mlp: int) -> list[dict]:
     return contexts
 
 
-def key_labels(tokenizer, d_vocab: int, n_positions: int) -> list[str]:
-    """Decoded text of every token id (``[ID_i]`` past the tokenizer), then ``[POS_k]``."""
-    n = min(d_vocab, len(tokenizer)) if tokenizer is not None else 0
-    labels = tokenizer.batch_decode([[i] for i in range(n)]) if n else []
-    labels += [f"[ID_{i}]" for i in range(n, d_vocab)]
-    return labels + [f"[POS_{k}]" for k in range(n_positions)]
+def key_labels(tokenizer, d_vocab: int, ids: list[int]) -> list[str]:
+    """Decoded text of each key id (``[ID_i]`` past the tokenizer; ``[POS_k]`` past d_vocab)."""
+    n = len(tokenizer) if tokenizer is not None else 0
+    tok = [i for i in ids if i < min(n, d_vocab)]
+    text = dict(zip(tok, tokenizer.batch_decode([[i] for i in tok]), strict=True)) if tok else {}
+    return [text[i] if i in text else f"[POS_{i - d_vocab}]" if i >= d_vocab else f"[ID_{i}]"
+            for i in ids]
 
 
 def check_model(model, modes) -> None:

@@ -84,6 +84,7 @@ def read_contexts(model, windows: Windows, result: AmapResult, per_layer: int = 
     if not units:
         return []
     top = result.top.compute()
+    tokenizer = getattr(model, "tokenizer", None) if model is not None else None
     picked = {u: [(rank, int(w)) for rank, w in
                   enumerate(top["windows"][result._row(u[0]), u[1]].tolist()) if w >= 0]
               for u in units}
@@ -113,8 +114,7 @@ def read_contexts(model, windows: Windows, result: AmapResult, per_layer: int = 
             items.append({"window": w, "doc": int(windows.doc_ids[i]),
                           "start": int(windows.starts[i]), "offset": lo,
                           "max": float(top["values"][row, neuron, rank]), "peak": peak - lo,
-                          "tokens": [result.key_strs[t] if t < len(result.key_strs) else f"[ID_{t}]"
-                                     for t in ids],
+                          "tokens": [result.label(t, tokenizer) for t in ids],
                           "acts": unit_acts})
         out.append({"layer": layer, "neuron": neuron, "unit": f"{layer}_{neuron}",
                     "windows": items})

@@ -9,6 +9,8 @@ position (CLS / SEP for an encoder) is no key unless ``count_bos``.
 
 from __future__ import annotations
 
+import uuid
+
 import torch
 from torch import Tensor
 
@@ -17,7 +19,7 @@ from workbench.analyses.amap import AmapResult, check_model, key_labels, resolve
 from workbench.analyses.amap_contexts import read_contexts
 from workbench.data import Windows
 from workbench.errors import WorkbenchError
-from workbench.kernels.amap import SUM_DTYPES, Amap, check_fits, estimate_bytes
+from workbench.kernels.amap import Amap, check_fits, estimate_bytes
 from workbench.kernels.top_windows import TopWindows
 
 
@@ -43,13 +45,11 @@ class AmapReducer:
 
     def __init__(self, model, windows: Windows, *, modes=("input", "output"),
                  positions: bool = False, layers: list[int] | None = None,
-                 sum_dtype: str = "float32", sum_device: str | None = None, top_k: int = 8,
+                 sum_device: str | None = None, top_k: int = 8,
                  count_bos: bool = False, context_span: int | None = None,
                  memory_limit: int | None = None, context_units: int = 2, batch_size: int = 8):
         modes = tuple(modes)
         check_model(model, modes)
-        if sum_dtype not in SUM_DTYPES:
-            raise WorkbenchError(f"sum dtype {sum_dtype!r}: use one of {', '.join(SUM_DTYPES)}")
         if top_k < 1:
             raise WorkbenchError("top_k must be >= 1")
         self.model, self.windows = model, windows
@@ -63,14 +63,13 @@ class AmapReducer:
         span = min(width, CONTEXT_SPAN) if context_span is None else min(width, context_span)
         d_vocab, d_mlp = int(model.cfg.d_vocab), int(model.cfg.d_mlp)
         device = torch.device(sum_device) if sum_device else next(model.parameters()).device
-        dtype = SUM_DTYPES[sum_dtype]
-        check_fits(estimate_bytes(len(self.layers), d_vocab + self.n_pos, d_mlp, len(modes), dtype),
-                   device, memory_limit)
-        self.accs = {"amap": Amap(len(self.layers), d_vocab, d_mlp, modes, self.n_pos, dtype,
-                                  device),
+        check_fits(estimate_bytes(len(self.layers), expected_keys(windows, self.n_pos), d_mlp,
+                                  len(modes)), device, memory_limit,
+                   what="its sums over the keys in this data")
+        self.accs = {"amap": Amap(len(self.layers), d_vocab, d_mlp, modes, self.n_pos, device),
                      "top": TopWindows(len(self.layers), d_mlp, top_k, device, span=span)}
         self.settings = {"modes": list(modes), "positions": positions, "n_positions": self.n_pos,
-                         "layers": self.layers, "sum_dtype": sum_dtype, "top_k": top_k,
+                         "layers": self.layers, "top_k": top_k,
                          "count_bos": count_bos, "context_span": span}
 
     def accumulators(self) -> dict:
@@ -81,7 +80,7 @@ class AmapReducer:
         keep, shift = key_mask(self.windows, batch.mask, self.count_bos)
         keys = {"input": batch.tokens}
         if "output" in self.modes:
-            keys["output"] = batch.logits.argmax(-1)
+            keys["output"] = chunked_argmax(batch.logits)
         self.accs["amap"].update(acts, keep, {m: keys[m] for m in self.modes}, shift)
         self.accs["top"].update(acts, keep, batch.index)
 
@@ -96,14 +95,15 @@ class AmapReducer:
         windows (global ids: they index ``self.windows``, the whole data)."""
         from workbench import identity
 
-        model, amap = self.model, self.accs["amap"]
+        model, amap = self.model, self.accs["amap"].sort_()
         meta = artifacts.run_metadata(model, self.windows, **self.settings)
-        d_vocab = amap.d_vocab
-        meta["amap"] = {"n_positions": self.n_pos, "n_windows": n_windows,
+        ids = torch.unique(torch.cat([amap.keys(m).cpu() for m in amap.modes])).tolist()
+        labels = key_labels(model.tokenizer, amap.d_vocab, ids)
+        meta["amap"] = {"format": 2, "n_positions": self.n_pos, "n_windows": n_windows,
                         "compat": identity.compat(meta), "fingerprint": identity.fingerprint(meta),
-                        "window_offset": 0, **(extra or {}),
-                        "key_strs": key_labels(model.tokenizer, d_vocab, self.n_pos)}
-        result = AmapResult(amap, self.accs["top"], self.layers, meta["amap"]["key_strs"],
+                        "build_id": uuid.uuid4().hex, "window_offset": 0, **(extra or {}),
+                        "key_ids": ids, "key_strs": labels}
+        result = AmapResult(amap, self.accs["top"], self.layers, dict(zip(ids, labels, strict=True)),
                             n_windows, meta)
         result.invariants = amap.invariants(n_windows)
         broken = [k for k, ok in result.invariants.items() if not ok]
@@ -111,6 +111,21 @@ class AmapReducer:
             raise RuntimeError(f"AMAP invariants failed: {broken}; please report this")
         result.contexts = read_contexts(model, self.windows, result, context_units)
         return result
+
+
+def expected_keys(windows: Windows, n_pos: int) -> int:
+    """Keys an AMAP of ``windows`` will hold per mode: the distinct input tokens (exact for
+    ``input``, the planning figure for ``output``) and the ``[POS_k]`` pseudo-tokens."""
+    return int(torch.unique(windows.tokens[windows.mask]).numel()) + n_pos
+
+
+def chunked_argmax(logits: Tensor, elements: int = 2**24) -> Tensor:
+    """``logits.argmax(-1)`` over a few positions at a time (``elements`` logits each): no
+    full-size temporary of the [batch, pos, vocab] logits (262k wide on gemma) beside them."""
+    flat = logits.reshape(-1, logits.shape[-1])
+    rows = max(1, elements // max(1, logits.shape[-1]))
+    out = torch.cat([flat[i : i + rows].argmax(-1) for i in range(0, flat.shape[0], rows)])
+    return out.reshape(logits.shape[:-1])
 
 
 CONTEXT_SPAN = 32  # positions kept around a top window's peak (a 15-token window: all of it)

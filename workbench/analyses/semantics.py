@@ -97,24 +97,24 @@ def lemma_pieces(tokenizer, lemmas: list[str], prefix: str = " ") -> list[list[i
 
 
 def pool(
-    means: Float[Tensor, "layer key mlp"], counts: Tensor, pieces: list[list[int]]
+    means: Float[Tensor, "layer key mlp"], keys: Tensor, pieces: list[list[int]]
 ) -> tuple[Float[Tensor, "layer lemma mlp"], Tensor]:
-    """Each lemma's mean over its seen pieces' columns, and which lemmas had a seen piece."""
-    n_keys = counts.shape[0]
-    seen_keys = (counts > 0).tolist()
+    """Each lemma's mean over its seen pieces' columns (``means[:, j]`` is key ``keys[j]``, the
+    sparse AMAP's keys), and which lemmas had a seen piece."""
+    where = {int(k): j for j, k in enumerate(keys.tolist())}
     rows, cols, weights = [], [], []
     kept = torch.zeros(len(pieces), dtype=torch.bool)
     for i, ids in enumerate(pieces):
-        seen = [t for t in ids if t < n_keys and seen_keys[t]]
+        seen = [where[t] for t in ids if t in where]
         if seen:
             kept[i] = True
-            for t in seen:
+            for j in seen:
                 rows.append(i)
-                cols.append(t)
+                cols.append(j)
                 weights.append(1.0 / len(seen))
     a = torch.sparse_coo_tensor(torch.tensor([rows, cols], dtype=torch.long).reshape(2, -1),
                                 torch.tensor(weights, dtype=torch.float64),
-                                (len(pieces), n_keys), check_invariants=False).coalesce()
+                                (len(pieces), len(where)), check_invariants=False).coalesce()
     filled = torch.nan_to_num(means.double(), nan=0.0)
     out = torch.stack([torch.sparse.mm(a, filled[layer]) for layer in range(filled.shape[0])])
     return out.float(), kept
@@ -208,10 +208,10 @@ def analyze(
     rows_all = lemma_table() if table is None else table
     if not rows_all:
         raise WorkbenchError("the lemma table is empty: is WordNet installed? (see docs/semantics.md)")
-    means, counts = amap.means(mode), amap.counts(mode)
+    means, keys = amap.means(mode), amap.keys(mode)
     pieces = lemma_pieces(model.tokenizer, [r["lemma"] for r in rows_all], prefix)
-    seen = (counts > 0).tolist()
-    kept = [i for i, p in enumerate(pieces) if any(t < len(seen) and seen[t] for t in p)]
+    seen = set(keys.tolist())
+    kept = [i for i, p in enumerate(pieces) if any(t in seen for t in p)]
     if len(kept) < 10:
         raise WorkbenchError(
             f"only {len(kept)} of {len(rows_all)} lemmas have a token the AMAP saw; build the AMAP "
@@ -222,7 +222,7 @@ def analyze(
     with_domain = _sample([i for i in kept if rows_all[i]["domain"]], max_lemmas, g)
     chosen = sorted(set(general) | set(with_domain))
     where = {i: j for j, i in enumerate(chosen)}
-    vectors, _ = pool(means[[amap._row(layer) for layer in layers]], counts,
+    vectors, _ = pool(means[[amap._row(layer) for layer in layers]], keys,
                       [pieces[i] for i in chosen])
     rows = [rows_all[i] for i in chosen]
     tsne_index = torch.tensor(_sample(list(range(len(chosen))), tsne_points, g), dtype=torch.long)

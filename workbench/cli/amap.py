@@ -30,8 +30,6 @@ def register(sub) -> None:
     b.add_argument("--positions", action="store_true",
                    help="also key each window position k as pseudo-token [POS_k]")
     b.add_argument("--layers", type=int_list, default=None, help="e.g. 0,1 (default: all)")
-    b.add_argument("--sum-dtype", default="float32", choices=["float16", "float32", "float64"],
-                   help="dtype of the activation sums (float64 for long builds)")
     b.add_argument("--sum-device", default=None, help="device for the sums (e.g. cpu)")
     b.add_argument("--top-k", type=positive_int, default=8, help="max-activating windows kept per unit")
     b.add_argument("--count-bos", action="store_true",
@@ -139,7 +137,7 @@ def build_main(args) -> int:
             options = dict(batch_size=args.batch_size, progress=not args.quiet and ctx.is_main,
                            modes=modes,
                            positions=args.positions, layers=args.layers,
-                           sum_dtype=args.sum_dtype, sum_device=args.sum_device,
+                           sum_device=args.sum_device,
                            top_k=args.top_k, context_units=args.context_units,
                            count_bos=args.count_bos, memory_limit=limit,
                            **pass_options(args, ctx))

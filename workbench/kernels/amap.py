@@ -1,26 +1,27 @@
-"""``Amap``: neuron activation maps (SYSIF), the mean MLP activation of each neuron per token.
+"""``Amap``: neuron activation maps (SYSIF), the mean MLP activation of each neuron per key, sparse.
 
 1. ``amap = Amap(n_layers, d_vocab, d_mlp, modes=("input", "output"), n_positions=15)``.
 2. For each batch: ``amap.update(acts, mask, {"input": tokens, "output": logits.argmax(-1)})``
    with ``acts`` the stacked ``blocks.{l}.mlp.hook_post`` activations ``[layer, batch, pos, mlp]``.
-3. ``amap.merge(other)`` adds another shard; every state is a sum (fp32/fp64 sums, int64 counts),
-   except ``act_max`` (elementwise max), so offline merges and an all-reduce share ``REDUCE``.
-4. ``amap.compute()`` reads out ``mean.{mode}`` ``[layer, V+W, mlp]`` (NaN where the count is 0).
+3. ``amap.merge(other)`` folds another shard in (the union of their keys).
+4. ``amap.compute()`` reads out, per mode, ``keys.{mode}`` [K], ``count.{mode}`` [K] and
+   ``mean.{mode}`` [layer, K, mlp] for the K keys seen (a key never seen is absent: mean NaN).
 
 Keys (DESIGN.md): for layer l, neuron i and key t the state holds the sum of the activations over
 every real position whose key is t, and how many positions that was. ``input``: the token at the
 position; ``output``: the model's argmax prediction there; with ``n_positions=W`` the window
 position k also counts under the pseudo-token ``[POS_k]`` = id ``V + k``. Padding never counts.
 
-SYSIF kept an fp16 running mean re-rounded every batch and a dense one-hot matmul per batch: here
-each batch is one ``index_add_`` per mode (O(positions · layers · d_mlp), independent of V) into
-sums that are never re-rounded, and an unseen token is count 0 / mean NaN rather than 0.
+Sparse: the states hold only the keys seen (a key → slot table grows by half as new keys come),
+so memory grows with the keys seen, not the vocabulary (gemma's 262k tokens would take 36 GiB per
+mode dense). Exact: sums are fp64 totals (each batch's fp32 activations added in fp64), so a key
+seen 10M times keeps its mean to fp64 rounding; SYSIF's fp16 running mean stalls long before.
 
 >>> amap = Amap(n_layers=2, d_vocab=5, d_mlp=3, modes=("input",), n_positions=2)
 >>> acts = torch.ones(2, 1, 2, 3)                                 # [layer, batch, pos, mlp]
 >>> _ = amap.update(acts, torch.tensor([[True, True]]), {"input": torch.tensor([[4, 4]])})
->>> amap.state_dict()["count.input"].tolist()                     # ids 0..4, then [POS_0], [POS_1]
-[0, 0, 0, 0, 2, 1, 1]
+>>> s = amap.state_dict(); s["keys.input"].tolist(), s["count.input"].tolist()  # 4, [POS_0..1]
+([4, 5, 6], [2, 1, 1])
 """
 
 from __future__ import annotations
@@ -37,18 +38,19 @@ from workbench.errors import WorkbenchError
 from workbench.kernels.state import Accumulator
 
 MODES = ("input", "output")
-SUM_DTYPES = {"float16": torch.float16, "float32": torch.float32, "float64": torch.float64}
+SUM_DTYPE = torch.float64
+_MIN_CAPACITY = 256
 
 
-def estimate_bytes(n_layers: int, n_keys: int, d_mlp: int, n_modes: int,
-                   dtype: torch.dtype = torch.float32) -> int:
-    """Bytes the states of an ``Amap`` hold (sums dominate: layers · keys · d_mlp per mode).
+def estimate_bytes(n_layers: int, n_keys: int, d_mlp: int, n_modes: int) -> int:
+    """Bytes the states of an ``Amap`` holding ``n_keys`` keys per mode take (fp64 sums dominate:
+    layers · keys · d_mlp · 8 per mode), with the room a growing key table keeps (up to half).
 
-    >>> estimate_bytes(6, 50304 + 15, 2048, 2) / 2**30  # pythia-70m, both modes, fp32
-    4.6...
+    >>> estimate_bytes(18, 20_000, 2048, 1) / 2**30  # gemma-3-270m, 20k keys seen, input mode
+    8.2...
     """
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    return n_modes * (n_layers * n_keys * d_mlp * itemsize + n_keys * 8) + n_layers * d_mlp * 4
+    per_mode = n_layers * n_keys * d_mlp * 8 + n_keys * 16
+    return int(n_modes * per_mode * 1.5) + n_layers * d_mlp * 4
 
 
 def available_bytes(device: torch.device) -> int:
@@ -75,51 +77,129 @@ def human_bytes(n: int) -> str:
 
 
 def check_fits(nbytes: int, device: torch.device, limit: int | None = None,
-               fraction: float = 0.8) -> None:
+               fraction: float = 0.8, what: str = "its sums") -> None:
     """Refuse (with the ways out) when the AMAP states would not fit in memory."""
     budget = limit if limit is not None else int(available_bytes(device) * fraction)
     if nbytes <= budget:
         return
     raise WorkbenchError(
-        f"the AMAP needs {human_bytes(nbytes)} for its sums on {device}, but only "
+        f"the AMAP needs about {human_bytes(nbytes)} for {what} on {device}, but only "
         f"{human_bytes(budget)} is available; reduce it: fewer layers (--layers 0,1), one "
-        "mode (--modes input), fp16 sums (--sum-dtype float16: less precise), or sums on the "
-        "CPU while the model runs on the GPU (--sum-device cpu)"
+        "mode (--modes input), sums in host memory while the model runs on the GPU "
+        "(--sum-device cpu), or less data per build (--shard i/n, merged with `amap merge`)"
     )
 
 
 class Amap(Accumulator):
-    """Per-mode sums ``[layer, V+W, mlp]`` and int64 counts ``[V+W]``, plus each unit's max."""
+    """Per mode: the keys seen ``keys.{mode}`` [K], their int64 counts [K] and fp64 sums
+    [layer, K, mlp] (K grows as keys come); plus each unit's max over every position."""
 
     def __init__(self, n_layers: int, d_vocab: int, d_mlp: int,
                  modes: Sequence[str] = ("input",), n_positions: int = 0,
-                 dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu"):
         bad = [m for m in modes if m not in MODES]
         if bad or not modes or len(set(modes)) != len(modes):
             raise WorkbenchError(f"modes {list(modes)}: give one or both of {', '.join(MODES)}")
-        if dtype not in SUM_DTYPES.values():
-            raise WorkbenchError(f"sum dtype {dtype} is not one of {', '.join(SUM_DTYPES)}")
         super().__init__()
         self.n_layers, self.d_vocab, self.d_mlp = int(n_layers), int(d_vocab), int(d_mlp)
         self.modes = tuple(modes)
         self.n_positions = int(n_positions)
-        self.dtype = dtype
         device = torch.device(device)
         for m in self.modes:
-            self.add_state(f"sum.{m}", torch.zeros(n_layers, self.n_keys, d_mlp, dtype=dtype,
-                                                   device=device), "sum")
-            self.add_state(f"count.{m}", torch.zeros(self.n_keys, dtype=torch.long, device=device),
-                           "sum")
+            self.add_state(f"keys.{m}", torch.zeros(0, dtype=torch.long, device=device), "merge")
+            self.add_state(f"count.{m}", torch.zeros(0, dtype=torch.long, device=device), "merge")
+            self.add_state(f"sum.{m}", torch.zeros(n_layers, 0, d_mlp, dtype=SUM_DTYPE,
+                                                   device=device), "merge")
         self.add_state("act_max", torch.full((n_layers, d_mlp), -torch.inf, dtype=torch.float32,
                                              device=device), "max")
+        self._adopt()
+
+    # the key table ---------------------------------------------------------------------------
+
+    def _adopt(self) -> None:
+        """Take the states as the (full) buffers and rebuild each mode's key → slot table."""
+        self._buf = {m: [self.states[f"{s}.{m}"] for s in ("keys", "count", "sum")]
+                     for m in self.modes}
+        self._n = {m: int(self.states[f"keys.{m}"].shape[0]) for m in self.modes}
+        self._slot = {}
+        for m in self.modes:
+            slot = torch.full((self.n_keys,), -1, dtype=torch.long, device=self.device)
+            keys = self._buf[m][0][: self._n[m]]
+            slot[keys] = torch.arange(len(keys), device=self.device)
+            self._slot[m] = slot
+
+    def _sync(self, m: str) -> None:
+        """Point the states at the first K slots of the buffers (views, no copies)."""
+        k = self._n[m]
+        keys, count, total = self._buf[m]
+        self.states[f"keys.{m}"], self.states[f"count.{m}"] = keys[:k], count[:k]
+        self.states[f"sum.{m}"] = total[:, :k]
+
+    def _grow(self, m: str, need: int) -> None:
+        keys, count, total = self._buf[m]
+        if need <= keys.shape[0]:
+            return
+        cap = min(self.n_keys, max(need, keys.shape[0] * 3 // 2, _MIN_CAPACITY))
+        k, dev = self._n[m], self.device
+        new_keys = torch.zeros(cap, dtype=torch.long, device=dev)
+        new_count = torch.zeros(cap, dtype=torch.long, device=dev)
+        new_total = torch.zeros(self.n_layers, cap, self.d_mlp, dtype=SUM_DTYPE, device=dev)
+        new_keys[:k], new_count[:k] = keys[:k], count[:k]
+        for layer in range(self.n_layers):  # one layer at a time: no second temporary
+            new_total[layer, :k] = total[layer, :k]
+        self._buf[m] = [new_keys, new_count, new_total]
+
+    def slots(self, mode: str, keys: Int[Tensor, " n"]) -> Int[Tensor, " n"]:
+        """The slot of each key id in ``mode``'s states, making room for the ones not seen yet."""
+        slot = self._slot[mode][keys]
+        new = slot < 0
+        if bool(new.any()):
+            fresh = torch.unique(keys[new])
+            k = self._n[mode]
+            self._grow(mode, k + len(fresh))
+            self._buf[mode][0][k : k + len(fresh)] = fresh
+            self._slot[mode][fresh] = torch.arange(k, k + len(fresh), device=self.device)
+            self._n[mode] = k + len(fresh)
+            self._sync(mode)
+            slot = self._slot[mode][keys]
+        return slot
+
+    def lookup(self, mode: str, keys: Int[Tensor, " n"]) -> Int[Tensor, " n"]:
+        """The slot of each key id in ``mode`` (-1 for a key never seen); adds nothing."""
+        keys = torch.as_tensor(keys, dtype=torch.long, device=self.device)
+        ok = (keys >= 0) & (keys < self.n_keys)
+        out = torch.full_like(keys, -1)
+        out[ok] = self._slot[mode][keys[ok]]
+        return out
+
+    def sort_(self) -> Amap:
+        """Order every mode's keys by id (tokens, then ``[POS_k]``), in place, a layer at a
+        time: what artifacts hold, so one pass, a resumed one and a merge write the same file."""
+        for m in self.modes:
+            keys, count, total = (self.states[f"{s}.{m}"] for s in ("keys", "count", "sum"))
+            order = keys.argsort()
+            if bool((order == torch.arange(len(order), device=order.device)).all()):
+                continue
+            keys.copy_(keys[order])
+            count.copy_(count[order])
+            for layer in range(self.n_layers):
+                total[layer].copy_(total[layer][order])
+            self._slot[m][keys] = torch.arange(len(keys), device=self.device)
+        return self
+
+    # the accumulator -------------------------------------------------------------------------
 
     @property
     def n_keys(self) -> int:
+        """Size of the key id space: the vocabulary, then the ``[POS_k]`` pseudo-tokens."""
         return self.d_vocab + self.n_positions
+
+    def keys(self, mode: str) -> Int[Tensor, " key"]:
+        return self.states[f"keys.{mode}"]
 
     @property
     def sums(self) -> dict[str, Tensor]:
-        """``{mode: [layer, key, mlp]}`` (the states themselves: in-place updates land)."""
+        """``{mode: [layer, K, mlp]}`` fp64 (the states themselves: in-place updates land)."""
         return {m: self.states[f"sum.{m}"] for m in self.modes}
 
     @property
@@ -152,9 +232,10 @@ class Amap(Accumulator):
         mask = mask.to(dev)
         flat = rearrange(mask, "batch pos -> (batch pos)")
         vals = rearrange(acts.to(dev), "layer batch pos mlp -> layer (batch pos) mlp")[:, flat]
-        if vals.shape[1]:
-            torch.maximum(self.act_max, vals.float().amax(1), out=self.act_max)
-        vals = vals.to(self.dtype)
+        if not vals.shape[1]:
+            return self
+        torch.maximum(self.act_max, vals.amax(1).float(), out=self.act_max)
+        vals = vals.to(SUM_DTYPE)  # every addition in fp64: exact whatever the count
         pos_keys = None
         if self.n_positions:
             pos = self.position_keys(mask.shape[1] - position_shift)
@@ -163,67 +244,134 @@ class Amap(Accumulator):
             pos_keys = rearrange(pos, "batch pos -> (batch pos)")[flat]
         for m in self.modes:
             k = rearrange(keys[m].to(dev), "batch pos -> (batch pos)")[flat]
-            if k.numel() and (int(k.min()) < 0 or int(k.max()) >= self.d_vocab):
+            if int(k.min()) < 0 or int(k.max()) >= self.d_vocab:
                 raise WorkbenchError(
                     f"{m} key ids must be in 0..{self.d_vocab - 1} (got {int(k.min())}.."
                     f"{int(k.max())}): the AMAP was sized for another vocabulary"
                 )
-            total, count = self.states[f"sum.{m}"], self.states[f"count.{m}"]
-            total.index_add_(1, k, vals)
-            count += torch.bincount(k, minlength=self.n_keys)
-            if pos_keys is not None:
-                total.index_add_(1, pos_keys, vals)
-                count += torch.bincount(pos_keys, minlength=self.n_keys)
+            for ids in (k, pos_keys) if pos_keys is not None else (k,):
+                slot = self.slots(m, ids)
+                self.states[f"sum.{m}"].index_add_(1, slot, vals)
+                self.states[f"count.{m}"].index_add_(0, slot, torch.ones_like(slot))
+        return self
+
+    def expected(self, state: Mapping[str, Tensor]) -> dict[str, tuple[tuple[int, ...],
+                                                                        torch.dtype]]:
+        out: dict[str, tuple[tuple[int, ...], torch.dtype]] = {
+            "act_max": ((self.n_layers, self.d_mlp), torch.float32)}
+        for m in self.modes:
+            k = int(state[f"keys.{m}"].shape[0]) if f"keys.{m}" in state else self._n[m]
+            out |= {f"keys.{m}": ((k,), torch.long), f"count.{m}": ((k,), torch.long),
+                    f"sum.{m}": ((self.n_layers, k, self.d_mlp), SUM_DTYPE)}
+        return out
+
+    def _check_loaded(self, state: dict[str, Tensor]) -> None:
+        for m in self.modes:
+            keys, count = state[f"keys.{m}"], state[f"count.{m}"]
+            if keys.numel() and (int(keys.min()) < 0 or int(keys.max()) >= self.n_keys
+                                 or len(torch.unique(keys)) != len(keys)):
+                raise WorkbenchError(f"keys.{m} must be distinct ids in 0..{self.n_keys - 1}")
+            if count.numel() and int(count.min()) <= 0:
+                raise WorkbenchError(f"count.{m} holds counts <= 0 (a key kept but never seen)")
+
+    def load_state_dict(self, state: Mapping[str, Tensor], copy: bool = True) -> Amap:
+        super().load_state_dict(state, copy)
+        self._adopt()
+        return self
+
+    def reset(self) -> Amap:
+        super().reset()
+        self._adopt()
+        return self
+
+    def to(self, device: torch.device | str) -> Amap:
+        super().to(device)
+        self._adopt()
         return self
 
     def _check_mergeable(self, other: Amap) -> None:
-        mine = (self.n_layers, self.d_vocab, self.d_mlp, self.modes, self.n_positions, self.dtype)
-        theirs = (other.n_layers, other.d_vocab, other.d_mlp, other.modes, other.n_positions,
-                  other.dtype)
-        if mine != theirs:
+        mine = (self.n_layers, self.d_vocab, self.d_mlp, self.modes, self.n_positions)
+        theirs = (other.n_layers, other.d_vocab, other.d_mlp, other.modes, other.n_positions)
+        if type(other) is not type(self) or mine != theirs:
             raise WorkbenchError(
-                f"cannot merge AMAPs of (layers, vocab, d_mlp, modes, positions, dtype) {theirs} "
+                f"cannot merge AMAPs of (layers, vocab, d_mlp, modes, positions) {theirs} "
                 f"into {mine}: build both with the same model and settings"
             )
 
+    def _merge(self, other: Amap) -> None:
+        """The union of both key sets; counts and sums added (act_max is maxed by the base)."""
+        for m in self.modes:
+            keys = other.keys(m).to(self.device)
+            if not len(keys):
+                continue
+            slot = self.slots(m, keys)
+            self.states[f"count.{m}"].index_add_(0, slot, other.counts[m].to(self.device))
+            theirs = other.sums[m]
+            for layer in range(self.n_layers):
+                self.states[f"sum.{m}"][layer].index_add_(0, slot, theirs[layer].to(self.device))
+
     def compute(self) -> dict[str, Tensor]:
-        """``mean.{mode}`` [layer, V+W, mlp] fp32 or fp64 (NaN where unseen), ``count.{mode}``."""
+        """Per mode ``keys.{mode}`` [K], ``count.{mode}`` [K], ``mean.{mode}`` [layer, K, mlp] fp64."""
         out: dict[str, Tensor] = {}
         for m in self.modes:
-            s = self.sums[m] if self.dtype == torch.float64 else self.sums[m].float()
-            c = self.counts[m].to(s.dtype)
-            out[f"mean.{m}"] = s / rearrange(c, "key -> 1 key 1")  # 0/0 = NaN where unseen
+            out[f"keys.{m}"] = self.keys(m).clone()
             out[f"count.{m}"] = self.counts[m].clone()
+            out[f"mean.{m}"] = self.sums[m] / rearrange(self.counts[m].to(SUM_DTYPE),
+                                                        "key -> 1 key 1")
         return out
 
+    def token_weights(self, mode: str) -> Tensor:
+        """1.0 for each of ``mode``'s keys that is a vocabulary token, 0.0 for ``[POS_k]``."""
+        return (self.keys(mode) < self.d_vocab).to(SUM_DTYPE)
+
     def unit_mean(self) -> Float[Tensor, "layer mlp"]:
-        """Each unit's mean activation over every real position (from the token columns)."""
+        """Each unit's mean activation over every real position (from the token keys)."""
         m = self.modes[0]
-        total = self.sums[m][:, : self.d_vocab].double().sum(1)
-        return (total / self.counts[m][: self.d_vocab].sum().double()).float()
+        w = self.token_weights(m)
+        total = torch.einsum("lkd,k->ld", self.sums[m], w)
+        return (total / (self.counts[m].to(SUM_DTYPE) * w).sum()).float()
 
     def invariants(self, n_windows: int | None = None) -> dict[str, bool]:
         """SYSIF's sanity checks: equal token totals across modes; ``[POS_0]`` once per window."""
-        totals = [int(self.counts[m][: self.d_vocab].sum()) for m in self.modes]
+        tok = {m: self.keys(m) < self.d_vocab for m in self.modes}
+        totals = [int(self.counts[m][tok[m]].sum()) for m in self.modes]
         out = {"token_totals_equal": len(set(totals)) <= 1}
         if self.n_positions:
             for m in self.modes:
-                pos_total = int(self.counts[m][self.d_vocab :].sum())
+                pos_total = int(self.counts[m][~tok[m]].sum())
                 out[f"positions_cover_tokens.{m}"] = pos_total == totals[0]
                 if n_windows is not None:
-                    out[f"pos0_equals_windows.{m}"] = int(self.counts[m][self.d_vocab]) == n_windows
+                    first = self.counts[m][self.keys(m) == self.d_vocab]
+                    out[f"pos0_equals_windows.{m}"] = int(first.sum()) == n_windows
         return out
 
     @classmethod
-    def from_state(cls, state: Mapping[str, Tensor], n_positions: int, copy: bool = True) -> Amap:
+    def from_state(cls, state: Mapping[str, Tensor], d_vocab: int, n_positions: int,
+                   copy: bool = True) -> Amap:
         """An ``Amap`` rebuilt from its state dict (modes and sizes read off the tensors;
-        ``copy=False`` adopts them, for tensors just read from an artifact)."""
+        ``copy=False`` adopts them, for tensors just read from an artifact). A dense v1 state
+        (``sum.{mode}`` over every key id, no ``keys.{mode}``) is converted to the sparse form."""
         modes = tuple(m for m in MODES if f"sum.{m}" in state)
         if not modes:
             raise WorkbenchError("no sum.input / sum.output tensors: this is not an AMAP artifact")
-        s = state[f"sum.{modes[0]}"]
-        n_layers, n_keys, d_mlp = s.shape
-        amap = cls(n_layers, n_keys - n_positions, d_mlp, modes, n_positions, s.dtype, "cpu")
+        if any(f"keys.{m}" not in state for m in modes):
+            state = dense_to_sparse(state, modes)
+        n_layers, _, d_mlp = state[f"sum.{modes[0]}"].shape
+        amap = cls(n_layers, d_vocab, d_mlp, modes, n_positions, "cpu")
         if "act_max" not in state:  # artifacts written without it still load
             state = {**state, "act_max": torch.full((n_layers, d_mlp), torch.nan)}
         return amap.load_state_dict({k: state[k] for k in amap.states}, copy=copy)
+
+
+def dense_to_sparse(state: Mapping[str, Tensor], modes: Sequence[str]) -> dict[str, Tensor]:
+    """A v1 (dense) AMAP state in the v2 (sparse) form: the keys with a count > 0, fp64 sums."""
+    out = dict(state)
+    for m in modes:
+        count, total = state[f"count.{m}"], state[f"sum.{m}"]
+        if count.ndim != 1 or total.ndim != 3 or total.shape[1] != count.shape[0]:
+            raise WorkbenchError(f"sum.{m} {tuple(total.shape)} and count.{m} "
+                                 f"{tuple(count.shape)} do not fit together")
+        keys = torch.nonzero(count > 0).reshape(-1)
+        out[f"keys.{m}"], out[f"count.{m}"] = keys, count[keys]
+        out[f"sum.{m}"] = total[:, keys].to(SUM_DTYPE)
+    return out

@@ -16,8 +16,9 @@ def coverage_figure(result) -> go.Figure:
     fig = go.Figure()
     V = result.amap.d_vocab
     for mode in result.modes:
-        c = result.counts(mode)[:V].double()
+        c = result.counts(mode)[result.keys(mode) < V].double()
         n = [int(((c >= lo) & (c < hi)).sum()) for lo, hi in zip(edges, edges[1:], strict=False)]
+        n[0] = V - len(c)  # the tokens never seen are absent from a sparse AMAP
         fig.add_bar(name=mode, x=names, y=n)
     fig.update_layout(title="Token coverage: how often each vocabulary token was the key",
                       xaxis_title="positions keyed by the token", yaxis_title="tokens",
@@ -71,9 +72,9 @@ def positions_figure(result, mode: str = "input") -> go.Figure | None:
     if not W:
         return None
     units = chosen_units(result)
-    means = result.means(mode)
     V = result.amap.d_vocab
-    z = [means[result.layers.index(layer), V:, neuron].tolist() for layer, neuron in units]
+    means, _ = result.at(mode, list(range(V, V + W)))
+    z = [means[result.layers.index(layer), :, neuron].tolist() for layer, neuron in units]
     fig = go.Figure(go.Heatmap(z=z, x=[f"POS_{k}" for k in range(W)],
                                y=[f"{layer}_{neuron}" for layer, neuron in units],
                                colorscale="RdBu", zmid=0, colorbar={"title": "mean act"}))
