@@ -38,6 +38,7 @@ ELEMENTWISE = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.R
 DEFAULT_TIMEOUT_S = 1800  # a collective waits this long for a hung (not dead) rank
 _DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.int32,
            torch.int16, torch.int8, torch.uint8, torch.bool]
+_MAX_SIGNATURE = 8
 _MAX_NDIM = 6
 _CHUNK = 1 << 26  # elements per fp64 all-reduce buffer (512 MiB)
 _KEY = "workbench"
@@ -134,6 +135,7 @@ class DistContext:
             raise WorkbenchError(f"{type(acc).__name__}.REDUCE names {sorted(spec)} but its "
                                  f"state_dict has {sorted(state)}; declare every state once")
         names = sorted(spec)
+        self._check_signature(acc)
         shapes = self._gather_meta(type(acc).__name__, names, state, spec)
         reduced = {}
         for name in names:
@@ -193,6 +195,25 @@ class DistContext:
         parts = [torch.empty_like(buf) for _ in range(self.world)]
         self._collective(lambda: dist.all_gather(parts, buf))
         return [p[:n].reshape(s).to(t.device, t.dtype) for p, n, s in zip(parts, numel, shapes, strict=True)]
+
+    def _check_signature(self, acc: Any) -> None:
+        """Sizes that no state's shape shows (a sparse AMAP's vocabulary): the same on every
+        rank, or the same error on every rank."""
+        sig = getattr(acc, "signature", None)
+        if sig is None:
+            return
+        named = sig()
+        mine = torch.full((_MAX_SIGNATURE,), -1, dtype=torch.int64)
+        mine[: len(named)] = torch.tensor(list(named.values()), dtype=torch.int64)
+        parts = [torch.empty_like(mine) for _ in range(self.world)]
+        self._collective(lambda: dist.all_gather(parts, mine.to(self.device)))
+        rows = [p.cpu().tolist()[: len(named)] for p in parts]
+        if any(r != rows[0] for r in rows):
+            desc = "; ".join(f"rank {r}: " + ", ".join(f"{k} {v}" for k, v in zip(named, row,
+                                                                                  strict=True))
+                             for r, row in enumerate(rows))
+            raise WorkbenchError(f"{type(acc).__name__} differs across ranks ({desc}): every "
+                                 "rank must build the same accumulator (same model and settings)")
 
     def _gather_meta(self, owner: str, names: list[str], state: dict[str, torch.Tensor],
                      spec: dict[str, str]) -> dict[str, list[tuple[int, ...]]]:

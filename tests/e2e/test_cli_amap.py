@@ -63,9 +63,29 @@ def test_merge_export_and_refusals(data, whole):
     from safetensors.numpy import load_file
 
     parts = [load_file(str(d / "amap.safetensors")) for d in (whole, data / "b", data / "ab")]
-    for key in ("count.input", "count.output", "sum.input"):
-        np.testing.assert_allclose(parts[2][key], parts[0][key] + parts[1][key], rtol=1e-6,
-                                   atol=1e-6)
+    n_ids = 1 + max(int(p[f"keys.{m}"].max()) for p in parts for m in ("input", "output"))
+
+    def spread(p, mode, what):  # the sparse columns put back at their ids, by numpy
+        x = p[f"{what}.{mode}"]
+        out = np.zeros((n_ids,) if x.ndim == 1 else (x.shape[0], n_ids, x.shape[2]), x.dtype)
+        if x.ndim == 1:
+            out[p[f"keys.{mode}"]] = x
+        else:
+            out[:, p[f"keys.{mode}"]] = x
+        return out
+
+    for mode in ("input", "output"):
+        assert set(parts[2][f"keys.{mode}"]) == set(parts[0][f"keys.{mode}"]) | set(
+            parts[1][f"keys.{mode}"])
+        assert list(parts[2][f"keys.{mode}"]) == sorted(parts[2][f"keys.{mode}"])
+        for what in ("count", "sum"):
+            np.testing.assert_allclose(spread(parts[2], mode, what), spread(parts[0], mode, what)
+                                       + spread(parts[1], mode, what), rtol=1e-12, atol=1e-12)
+    # the same build twice, or a merge together with a build it holds: refused
+    for pair in ((whole, whole), (data / "ab", data / "b")):
+        r = cli("amap", "merge", *pair, "--out", data / "twice")
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert "twice" in r.stderr and not (data / "twice").exists()
     r = cli("amap", "export", data / "ab", "--layers", "1", "--tokens", "t", "c", "--parquet",
             data / "ab.parquet")
     assert r.returncode == 0, r.stderr
@@ -136,7 +156,7 @@ def test_memory_limit_refusal_names_the_ways_out(data):
     out = data / "too-big"
     r = cli(*BUILD, "--file", data / "a.txt", "--out", out, "--memory-limit-gib", "0.0001")
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    for way in ("--layers", "--modes input", "--sum-dtype float16", "--sum-device cpu"):
+    for way in ("--layers", "--modes input", "--shard", "--sum-device cpu"):
         assert way in r.stderr
     assert not out.exists()
 

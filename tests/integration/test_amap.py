@@ -49,19 +49,22 @@ def test_build_matches_transformerlens_cache(random_tiny, windows, result):
     acts, inputs, outputs, pos = reference(random_tiny, windows)
     V = random_tiny.cfg.d_vocab
     for mode, keys in (("input", inputs), ("output", outputs)):
-        count = result.counts(mode)
+        mean, count = result.at(mode)  # every key id, unseen ones NaN / 0
         assert count[:V].tolist() == torch.bincount(keys, minlength=V).tolist()
         assert count[V:].tolist() == torch.bincount(pos, minlength=15).tolist()
-        mean = result.means(mode)
+        # the artifact holds only the keys seen, in id order, every count > 0
+        assert result.keys(mode).tolist() == torch.nonzero(count).reshape(-1).tolist()
+        assert bool((result.counts(mode) > 0).all())
         for t in keys.unique()[:6].tolist():
             ref = acts[keys == t].mean(0)  # [L, d]
-            torch.testing.assert_close(mean[:, t], ref, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(mean[:, t], ref.double(), atol=1e-5, rtol=1e-5)
         ref = acts[pos == 0].mean(0)
-        torch.testing.assert_close(mean[:, V], ref, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(mean[:, V], ref.double(), atol=1e-5, rtol=1e-5)
     assert result.invariants and all(result.invariants.values())
-    assert int(result.counts("input")[V]) == len(windows)  # [POS_0] once per window
-    unseen = result.counts("input") == 0
-    assert unseen.any() and result.means("input")[:, unseen].isnan().all()
+    mean, count = result.at("input")
+    assert int(count[V]) == len(windows)  # [POS_0] once per window
+    unseen = count == 0
+    assert unseen.any() and mean[:, unseen].isnan().all()
 
 
 def test_top_tokens_dead_units_and_contexts(random_tiny, windows, result):
@@ -176,10 +179,10 @@ def test_parquet_export_round_trips(result, tmp_path):
     tok = df.columns[0]
     tid = amap_export.select_keys(loaded, top=20)[0]
     row = df[df["#mode"] == "output"].loc["1_5"]
-    assert row[tok] == pytest.approx(float(loaded.means("output")[1, tid, 5]), nan_ok=True)
+    assert row[tok] == pytest.approx(float(loaded.at("output", [tid])[0][1, 0, 5]), nan_ok=True)
     by_text = amap_export.to_dataframe(loaded, modes=["input"], layers=[0], tokens=["t", 101])
     assert by_text.shape == (256, 6)
-    with pytest.raises(WorkbenchError, match="not a single token"):
+    with pytest.raises(WorkbenchError, match="not a key this AMAP saw"):
         amap_export.to_dataframe(loaded, tokens=["the cat"])
 
 
@@ -274,17 +277,23 @@ def test_contexts_refuse_unknown_units_and_other_data(random_tiny, windows, resu
 
 
 def test_memory_limit_refuses_before_writing_anything(random_tiny, windows, result, tmp_path):
-    # what the states really hold: the estimate must be exactly this, neither more nor less
-    need = sum(t.nbytes for t in result.amap.state_dict().values())
+    # the plan covers what the states really hold (the input keys are known before the pass)
+    from workbench.analyses.amap_reducer import expected_keys
+    from workbench.kernels.amap import estimate_bytes, human_bytes
+
+    held = sum(t.nbytes for t in result.amap.state_dict().values())
+    n_keys = len(torch.unique(windows.tokens[windows.mask])) + 15
+    need = estimate_bytes(2, n_keys, 256, 2)
+    assert expected_keys(windows, 15) == n_keys and held <= need
     opts = {"batch_size": 3, "progress": False, "positions": True, "top_k": 3,
             "context_units": 0}
     out = tmp_path / "amap"
     with pytest.raises(WorkbenchError) as refused:
         build(random_tiny, windows, out, memory_limit=need - 1, **opts)
     msg = str(refused.value)
-    assert f"needs {need / 2**20:.2f} MiB" in msg and f"only {(need - 1) / 2**20:.2f} MiB" in msg
-    for way in ("fewer layers (--layers", "one mode (--modes input)", "--sum-dtype float16",
-                "on the CPU", "--sum-device cpu"):
+    assert f"needs about {human_bytes(need)}" in msg and f"only {human_bytes(need - 1)}" in msg
+    for way in ("fewer layers (--layers", "one mode (--modes input)", "--shard",
+                "while the model runs on the GPU", "--sum-device cpu"):
         assert way in msg
     assert not out.exists()
     assert all(analyze(random_tiny, windows, memory_limit=need, **opts).invariants.values())

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from tests.integration import dist_kernels_worker as worker
-from tests.torchrun import assert_same_tensors, torchrun
+from tests.torchrun import torchrun
 from workbench.artifacts import load
 
 WORKER = "tests/integration/dist_kernels_worker.py"
@@ -40,8 +40,6 @@ def test_two_process_reduce_equals_single_process_and_offline_merge(tmp_path):
         if name.startswith("sample/") or not rank0[name].is_floating_point():
             # counts, histograms and the bottom-k sample are order-free: exact
             assert torch.equal(rank0[name], single[name]), name
-        elif name.startswith("amap32/"):  # fp32 sums in another order: fp32 rounding
-            assert_same_tensors({name: rank0[name]}, {name: single[name]}, rtol=1e-6)
         else:
             torch.testing.assert_close(rank0[name], single[name], rtol=1e-6, atol=1e-9)
     # the reduce covered every row once
@@ -53,7 +51,7 @@ def test_two_process_reduce_equals_single_process_and_offline_merge(tmp_path):
 def test_ranks_with_different_accumulators_refuse_to_reduce(tmp_path):
     res = torchrun([WORKER, str(tmp_path), "mismatch"])
     assert res.returncode != 0
-    assert "differs across ranks" in res.stderr and "rank 1: (16,)" in res.stderr, res.stderr[-3000:]
+    assert "differs across ranks" in res.stderr and "d_vocab" in res.stderr, res.stderr[-3000:]
     assert not list(tmp_path.glob("*.safetensors"))
 
 

@@ -43,12 +43,13 @@ def test_top_tokens_and_direct_effect(random_tiny, built):
     _, result, pages = built
     for page, (layer, neuron) in zip(pages, UNITS, strict=True):
         row = result.layers.index(layer)
-        sums = result.amap.sums["input"][row, :, neuron].double().numpy()
-        counts = result.amap.counts["input"].numpy()
-        seen = [t for t in range(result.amap.d_vocab) if counts[t] > 0]
+        keys = result.amap.keys("input").tolist()  # the sparse columns, read one by one
+        sums = dict(zip(keys, result.amap.sums["input"][row, :, neuron].tolist(), strict=True))
+        counts = dict(zip(keys, result.amap.counts["input"].tolist(), strict=True))
+        seen = [t for t in keys if t < result.amap.d_vocab]
         by_hand = sorted(seen, key=lambda t: -sums[t] / counts[t])[:8]
         assert [t["id"] for t in page["top_tokens"]] == by_hand
-        assert [t["count"] for t in page["top_tokens"]] == [int(counts[t]) for t in by_hand]
+        assert [t["count"] for t in page["top_tokens"]] == [counts[t] for t in by_hand]
         w_out = random_tiny.blocks[layer].mlp.W_out[neuron].detach().numpy()
         effect = w_out @ random_tiny.W_U.detach().numpy()
         assert [t["id"] for t in page["direct_effect"]["top"]] == list(np.argsort(-effect)[:15])

@@ -105,7 +105,7 @@ def test_run_amap_leaves_bos_out(random_tiny, tmp_path):
     report.run_all(random_tiny, windows, tmp_path, progress=False, only=["amap"])
     from workbench.analyses.amap import load
 
-    counts = load(tmp_path).counts("input")
+    _, counts = load(tmp_path).at("input")  # every key id
     real = windows.tokens[:, 1:][windows.mask[:, 1:]]  # every position but the BOS
     assert counts.tolist() == torch.bincount(real, minlength=len(counts)).tolist()
 

@@ -46,10 +46,10 @@ def result(random_tiny, amap):
 
 def test_pool_is_the_mean_of_seen_piece_columns(random_tiny, amap):
     pieces = semantics.lemma_pieces(random_tiny.tokenizer, ["cat", "\u00ff"], "")
-    vec, kept = semantics.pool(amap.means(), amap.counts(), pieces)
-    counts = amap.counts()
+    vec, kept = semantics.pool(amap.means(), amap.keys(), pieces)
+    means, counts = amap.at()  # dense over every id, by the AMAP's own lookup
     seen = [t for t in pieces[0] if counts[t] > 0]
-    ref = torch.stack([amap.means()[:, t] for t in seen]).mean(0)
+    ref = torch.stack([means[:, t] for t in seen]).mean(0).float()
     torch.testing.assert_close(vec[:, 0], ref, atol=1e-6, rtol=1e-6)
     assert kept.tolist() == [True, False]
     assert (vec[:, 1] == 0).all()
@@ -75,7 +75,7 @@ def test_pipeline_counts_tests_and_figures(result, tmp_path):
 
 def _lemma_vectors(random_tiny, amap, layer: int) -> dict[str, torch.Tensor]:
     """Each lemma's AMAP vector the naive way: a loop over its seen byte pieces."""
-    means, counts = amap.means(), amap.counts()
+    means, counts = amap.at()
     out = {}
     for w in WORDS:
         ids = random_tiny.tokenizer(w, add_special_tokens=False)["input_ids"]

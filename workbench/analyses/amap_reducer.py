@@ -9,7 +9,8 @@ position (CLS / SEP for an encoder) is no key unless ``count_bos``.
 
 from __future__ import annotations
 
-import uuid
+import hashlib
+import json
 
 import torch
 from torch import Tensor
@@ -101,8 +102,11 @@ class AmapReducer:
         labels = key_labels(model.tokenizer, amap.d_vocab, ids)
         meta["amap"] = {"format": 2, "n_positions": self.n_pos, "n_windows": n_windows,
                         "compat": identity.compat(meta), "fingerprint": identity.fingerprint(meta),
-                        "build_id": uuid.uuid4().hex, "window_offset": 0, **(extra or {}),
-                        "key_ids": ids, "key_strs": labels}
+                        "window_offset": 0, **(extra or {}), "key_ids": ids, "key_strs": labels}
+        # the same build (model, data, settings, slice) has the same id, whenever it is run:
+        # merge refuses it twice, and a resumed build writes the same bytes as an unbroken one
+        slice_ = [meta["amap"]["fingerprint"], meta["amap"]["window_offset"], n_windows]
+        meta["amap"]["build_id"] = hashlib.sha256(json.dumps(slice_).encode()).hexdigest()[:32]
         result = AmapResult(amap, self.accs["top"], self.layers, dict(zip(ids, labels, strict=True)),
                             n_windows, meta)
         result.invariants = amap.invariants(n_windows)

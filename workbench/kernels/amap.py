@@ -141,9 +141,10 @@ class Amap(Accumulator):
             return
         cap = min(self.n_keys, max(need, keys.shape[0] * 3 // 2, _MIN_CAPACITY))
         k, dev = self._n[m], self.device
-        new_keys = torch.zeros(cap, dtype=torch.long, device=dev)
-        new_count = torch.zeros(cap, dtype=torch.long, device=dev)
-        new_total = torch.zeros(self.n_layers, cap, self.d_mlp, dtype=SUM_DTYPE, device=dev)
+        with torch.inference_mode(False):  # states stay normal tensors when grown in a pass
+            new_keys = torch.zeros(cap, dtype=torch.long, device=dev)
+            new_count = torch.zeros(cap, dtype=torch.long, device=dev)
+            new_total = torch.zeros(self.n_layers, cap, self.d_mlp, dtype=SUM_DTYPE, device=dev)
         new_keys[:k], new_count[:k] = keys[:k], count[:k]
         for layer in range(self.n_layers):  # one layer at a time: no second temporary
             new_total[layer, :k] = total[layer, :k]
@@ -288,6 +289,12 @@ class Amap(Accumulator):
         super().to(device)
         self._adopt()
         return self
+
+    def signature(self) -> dict[str, int]:
+        """Sizes two copies must share to merge (checked across ranks before a reduce)."""
+        return {"n_layers": self.n_layers, "d_vocab": self.d_vocab, "d_mlp": self.d_mlp,
+                "n_positions": self.n_positions, "modes": sum(1 << MODES.index(m)
+                                                              for m in self.modes)}
 
     def _check_mergeable(self, other: Amap) -> None:
         mine = (self.n_layers, self.d_vocab, self.d_mlp, self.modes, self.n_positions)
