@@ -230,6 +230,10 @@ def checked_meta(file: Path, meta: dict) -> dict:
               f"metadata 'amap.key_ids' ({len(ids)}) does not match its {len(labels)} labels or "
               "holds ids outside the vocabulary and positions")
     out["key_strs"] = dict(zip(ids, labels, strict=True))
+    settings = meta.get("settings")
+    if isinstance(settings, dict) and isinstance(settings.get("n_positions"), int):
+        a.require(settings["n_positions"] == out["n_pos"], f"metadata 'amap.n_positions' "
+                  f"{out['n_pos']} differs from the build's setting {settings['n_positions']}")
     a.require(all(isinstance(p, str) for p in out["parts"]), "metadata 'amap.parts' holds non-text")
     f.get("data", dict, {})
     f.get("settings", dict, {})

@@ -20,7 +20,8 @@ import torch
 from workbench import artifacts
 from workbench.analyses.amap import ARTIFACT, AmapResult, checked_meta, load  # noqa: F401 (doc)
 from workbench.errors import WorkbenchError
-from workbench.kernels.amap import Amap
+from workbench.kernels.amap import Amap, invariants
+from workbench.kernels.top_windows import TopWindows
 
 META_COLUMNS = ("#unit", "#mode", "#layer", "#mean")
 
@@ -158,23 +159,24 @@ def merge(a: AmapResult, b: AmapResult) -> AmapResult:
     check_same_model(a.meta, b.meta, "cannot merge")
     check_distinct_builds([a.meta, b.meta], ["the first AMAP", "the second"])
     amap = Amap.from_state(a.amap.state_dict(), a.amap.d_vocab, a.amap.n_positions).merge(b.amap)
-    top = _merged_top([a, b])
+    top = _merged_top([(a.meta, a.top), (b.meta, b.top)])
     return _merged_result([a.meta, b.meta], amap, top, [a.key_strs, b.key_strs],
                           a.n_windows + b.n_windows, list(a.layers))
 
 
-def _merged_top(parts: Sequence[AmapResult]):
-    """The parts' max-activating windows folded, when they are slices of one data set."""
-    shas = {_data_sha(p.meta) for p in parts}
-    offsets = [p.meta["amap"].get("window_offset", 0) for p in parts]
+def _merged_top(parts: Sequence[tuple[dict, TopWindows | None]]) -> TopWindows | None:
+    """The parts' max-activating windows (``(meta, top)`` each) folded, when they are slices
+    of one data set."""
+    shas = {_data_sha(meta) for meta, _ in parts}
+    offsets = [meta["amap"].get("window_offset", 0) for meta, _ in parts]
     if None in shas or len(shas) != 1 or len(set(offsets)) != len(offsets):
         return None
-    if any(p.top is None for p in parts):
+    if any(top is None for _, top in parts):
         return None
-    t0 = parts[0].top
+    t0 = parts[0][1]
     top = type(t0)(t0.n_layers, t0.d_mlp, t0.k, span=t0.span).load_state_dict(t0.state_dict())
-    for p in parts[1:]:
-        top.merge(p.top)
+    for _, other in parts[1:]:
+        top.merge(other)
     return top
 
 
@@ -235,8 +237,8 @@ def merge_dirs(dirs: Sequence[str | Path]) -> AmapResult:
         state |= {f"keys.{m}": keys, f"count.{m}": count, f"sum.{m}": total}
     state["act_max"] = torch.stack([p.small["act_max"] for p in parts]).amax(0)
     amap = Amap.from_state(state, d_vocab, n_pos, copy=False)
-    loaded = [_small_result(p) for p in parts]
-    out = _merged_result([p.meta for p in parts], amap, _merged_top(loaded),
+    tops = [(p.meta, _part_top(p)) for p in parts]
+    out = _merged_result([p.meta for p in parts], amap, _merged_top(tops),
                          [p.info["key_strs"] for p in parts],
                          sum(p.info["n_windows"] for p in parts), layers)
     if any("shard" in m for m in metas):
@@ -280,6 +282,13 @@ class _Part:
                       f"tensor sum.{m} {header[f'sum.{m}']['shape']} does not fit its counts")
             f.require(bool((self.counts[m] > 0).all()) and len(torch.unique(keys)) == len(keys),
                       f"count.{m} / keys.{m} hold counts <= 0 or repeated keys")
+        state = {f"keys.{m}": self.keys[m] for m in self.modes}
+        state |= {f"count.{m}": self.counts[m] for m in self.modes}
+        checks = invariants(state, self.modes, self.info["d_vocab"], self.info["n_pos"],
+                            self.info["n_windows"])
+        broken = [k for k, ok in checks.items() if not ok]
+        f.require(not broken, f"its counts break the AMAP invariants {broken} (edited by hand, "
+                  "or n_windows / n_positions changed?)")
         if "act_max" not in self.small:
             self.small["act_max"] = torch.full((len(self.layers), self.d_mlp), torch.nan)
 
@@ -292,10 +301,8 @@ class _Part:
         return (piece[self.keys[mode]] if self.v1 else piece).to(torch.float64)
 
 
-def _small_result(part: _Part) -> AmapResult:
-    """What the top-window merge reads of a part: its metadata and top windows (no sums)."""
-    from workbench.kernels.top_windows import TopWindows
-
+def _part_top(part: _Part) -> TopWindows | None:
+    """A part's max-activating windows (from its small tensors), if it kept them."""
     top = None
     if "top.values" in part.small:
         v = part.small["top.values"]
@@ -307,8 +314,7 @@ def _small_result(part: _Part) -> AmapResult:
                 {k: part.small[f"top.{k}"] for k in names})
         except (KeyError, WorkbenchError) as exc:
             raise artifacts.damaged(part.file, f"its top.* tensors do not fit together ({exc})") from None
-    return AmapResult(None, top, part.layers, part.info["key_strs"], part.info["n_windows"],
-                      part.meta)
+    return top
 
 
 def _artifact_file(path: str | Path) -> Path:

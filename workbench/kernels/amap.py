@@ -340,17 +340,7 @@ class Amap(Accumulator):
 
     def invariants(self, n_windows: int | None = None) -> dict[str, bool]:
         """SYSIF's sanity checks: equal token totals across modes; ``[POS_0]`` once per window."""
-        tok = {m: self.keys(m) < self.d_vocab for m in self.modes}
-        totals = [int(self.counts[m][tok[m]].sum()) for m in self.modes]
-        out = {"token_totals_equal": len(set(totals)) <= 1}
-        if self.n_positions:
-            for m in self.modes:
-                pos_total = int(self.counts[m][~tok[m]].sum())
-                out[f"positions_cover_tokens.{m}"] = pos_total == totals[0]
-                if n_windows is not None:
-                    first = self.counts[m][self.keys(m) == self.d_vocab]
-                    out[f"pos0_equals_windows.{m}"] = int(first.sum()) == n_windows
-        return out
+        return invariants(self.states, self.modes, self.d_vocab, self.n_positions, n_windows)
 
     @classmethod
     def from_state(cls, state: Mapping[str, Tensor], d_vocab: int, n_positions: int,
@@ -368,6 +358,25 @@ class Amap(Accumulator):
         if "act_max" not in state:  # artifacts written without it still load
             state = {**state, "act_max": torch.full((n_layers, d_mlp), torch.nan)}
         return amap.load_state_dict({k: state[k] for k in amap.states}, copy=copy)
+
+
+def invariants(state: Mapping[str, Tensor], modes: Sequence[str], d_vocab: int,
+               n_positions: int, n_windows: int | None = None) -> dict[str, bool]:
+    """SYSIF's sanity checks on the ``keys.{mode}`` / ``count.{mode}`` of a state: every mode
+    counts the same token positions; with positions, ``[POS_k]`` keys count each of them once
+    and ``[POS_0]`` once per window."""
+    keys = {m: state[f"keys.{m}"] for m in modes}
+    counts = {m: state[f"count.{m}"] for m in modes}
+    tok = {m: keys[m] < d_vocab for m in modes}
+    totals = [int(counts[m][tok[m]].sum()) for m in modes]
+    out = {"token_totals_equal": len(set(totals)) <= 1}
+    if n_positions:
+        for m in modes:
+            out[f"positions_cover_tokens.{m}"] = int(counts[m][~tok[m]].sum()) == totals[0]
+            if n_windows is not None:
+                first = int(counts[m][keys[m] == d_vocab].sum())
+                out[f"pos0_equals_windows.{m}"] = first == n_windows
+    return out
 
 
 def dense_to_sparse(state: Mapping[str, Tensor], modes: Sequence[str]) -> dict[str, Tensor]:
