@@ -274,6 +274,22 @@ def memory_table(cpu: dict, cuda: dict | None = None) -> str:
     return "\n".join(lines)
 
 
+def precision_table(data: dict) -> str:
+    """Every ``*-precision`` group: the relative error each side reached, and the goal."""
+    benches = [b for b in data.get("benchmarks", []) if group_of(b).endswith("-precision")]
+    if not benches:
+        return ""
+    lines = ["| precision | entry | count | largest relative error | median s | goal |",
+             "|---|---|---|---|---|---|"]
+    for b in sorted(benches, key=lambda b: (natural(group_of(b)), natural(b["name"]))):
+        info = b.get("extra_info") or {}
+        err = info.get("rel_error")
+        lines.append(f"| {group_of(b)} | {short(b['name'])}{_side(b)} | {_tokens(info.get('count'))}"
+                     f" | {f'{err:.2e}' if err is not None else '?'} | "
+                     f"{b['stats']['median']:.2f} | {_memory_goal(info)} |")
+    return "\n".join(lines)
+
+
 def _side(bench: dict) -> str:
     params = {k: v for k, v in (bench.get("params") or {}).items() if k != "device"}
     return f"[{', '.join(str(v) for _, v in sorted(params.items()))}]" if params else ""
@@ -310,7 +326,8 @@ def machine(data: dict) -> str:
 
 def report(cpu: dict, cuda: dict | None = None, compare: dict | None = None) -> str:
     """All tables and the machines they ran on."""
-    parts = [table(cpu, cuda, compare), memory_table(cpu, cuda), end_to_end(cpu)]
+    parts = [table(cpu, cuda, compare), memory_table(cpu, cuda), precision_table(cpu),
+             end_to_end(cpu)]
     info = f"CPU run: {machine(cpu)}" + (f"\n\nCUDA run: {machine(cuda)}" if cuda else
                                           "\n\nCUDA: not measured (no GPU lent to this run).")
     if compare:

@@ -3,7 +3,7 @@
 - ``amap-update``: one batch of MLP activations folded into the map. SYSIF: per layer a dense
   one-hot ``[positions, V]`` matmul gives the batch's per-token sums, then an fp16 running mean over
   all V rows is updated (and re-rounded) every batch. Workbench: ``Amap.update`` (one
-  ``index_add_`` per mode into fp32 sums, a ``bincount`` for the counts). Input mode, no positions,
+  ``index_add_`` per mode into the sparse fp64 sums of the keys seen). Input mode, no positions,
   on both. On CPU the baseline's matmul runs in fp32 (fp16 matmul is emulated on CPU and would
   flatter us); on CUDA it runs in fp16 as SYSIF did. Goal: >= 5x faster on CPU.
 - ``amap-build``: ``analyze`` (both modes, max-activating windows, contexts, checkpoints off) over
@@ -109,13 +109,12 @@ def _check_both_sides(size, device, acts, mask, keys) -> None:
     sysif.update(acts, mask, keys)
     got_s = sysif.mean[:, ids].double().cpu().numpy()
     np.testing.assert_allclose(got_s, want, rtol=2e-3, atol=2e-3 * np.abs(want).max())
-    mine = Amap(n_layers, vocab, d_mlp, ("input",), 0, torch.float32, device)
+    mine = Amap(n_layers, vocab, d_mlp, ("input",), 0, device)
     mine.update(acts, mask, {"input": keys})
-    out = mine.compute()
-    assert out["count.input"][ids].cpu().tolist() == [counts[t] for t in ids]
-    assert int(out["count.input"].sum()) == int(mask.sum())
-    np.testing.assert_allclose(out["mean.input"][:, ids].double().cpu().numpy(), want,
-                               rtol=1e-5, atol=1e-6)
+    out = mine.sort_().compute()
+    assert out["keys.input"].cpu().tolist() == ids
+    assert out["count.input"].cpu().tolist() == [counts[t] for t in ids]
+    np.testing.assert_allclose(out["mean.input"].cpu().numpy(), want, rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("size", UPDATE_SIZES, ids=lambda s: f"L{s[0]}-V{s[1]}-d{s[2]}-b{s[3]}")
@@ -134,7 +133,7 @@ def test_amap_update(benchmark, device, impl, size):
             acc.update(acts, mask, keys)
             sync(device)
     else:
-        acc = Amap(n_layers, vocab, d_mlp, ("input",), 0, torch.float32, device)
+        acc = Amap(n_layers, vocab, d_mlp, ("input",), 0, device)
 
         def step():
             acc.update(acts, mask, {"input": keys})
@@ -149,7 +148,11 @@ def test_amap_update(benchmark, device, impl, size):
     # what was timed is right: after the rounds, every key's count is rounds x its batch count
     _, counts = _naive_means(acts[..., :1], mask, keys)  # counts only (one unit is enough)
     rounds = benchmark.stats.stats.rounds + 1  # + the warmup round
-    timed = acc.counts["input"] if impl == "workbench" else acc.count
+    if impl == "workbench":
+        slot = acc.lookup("input", torch.tensor(list(counts), device=acc.device))
+        timed = dict(zip(counts, acc.counts["input"][slot].tolist(), strict=True))
+    else:
+        timed = {t: int(acc.count[t]) for t in counts}
     assert all(int(timed[t]) == rounds * c for t, c in counts.items())
 
 
@@ -328,3 +331,92 @@ def test_state_memory(benchmark, what):
                                  "growth_vs_state": ratio,
                                  "goal_max": {"growth_vs_state": 1.5},
                                  "goal": "growth ≤ 1.5× the state"})
+
+
+# --- precision of one key's mean at large counts, against the old fp32 sums ------------------
+
+PRECISION_COUNTS = [2**18] if QUICK else [2**20, 10 * 2**20]
+
+
+class Fp32Sums:
+    """The AMAP before issue 14: fp32 sums, each batch ``index_add_``-ed position by position."""
+
+    def __init__(self, n_keys, d_mlp):
+        self.sum = torch.zeros(1, n_keys, d_mlp)
+        self.count = torch.zeros(n_keys, dtype=torch.long)
+
+    def update(self, acts, mask, keys):
+        flat = mask.flatten()
+        vals = acts.flatten(1, 2)[:, flat]
+        k = keys.flatten()[flat]
+        self.sum.index_add_(1, k, vals)
+        self.count += torch.bincount(k, minlength=self.count.shape[0])
+
+    def mean(self, key):
+        return self.sum[0, key].double() / int(self.count[key])
+
+
+def _precision_run(impl: str, n: int):
+    """``n`` positions of one key (mean ~3.1, batches of 64 x 1024), and the exact mean: each
+    batch's fp64 sum (pairwise) added with math.fsum."""
+    import math
+
+    g = torch.Generator().manual_seed(0)
+    acc = Amap(1, 4, 2, ("input",)) if impl == "workbench" else Fp32Sums(4, 2)
+    mask = torch.ones(64, 1024, dtype=torch.bool)
+    keys = torch.full((64, 1024), 2)
+    parts = []
+    for _ in range(n // (64 * 1024)):
+        acts = (3.1 + torch.randn(1, 64, 1024, 2, generator=g)).float()
+        acc.update(acts, mask, {"input": keys} if impl == "workbench" else keys)
+        parts.append(acts.double().sum((0, 1, 2)))
+    exact = torch.tensor([math.fsum(p[i].item() for p in parts) / n for i in range(2)],
+                         dtype=torch.float64)
+    got = acc.compute()["mean.input"][0, 0] if impl == "workbench" else acc.mean(2)
+    return float(((got - exact).abs() / exact.abs()).max())
+
+
+@pytest.mark.parametrize("count", PRECISION_COUNTS, ids=lambda n: f"n{n}")
+@pytest.mark.parametrize("impl", ["fp32_sums", "workbench"])
+@pytest.mark.benchmark(group="amap-precision")
+def test_amap_precision(benchmark, impl, count):
+    """One key seen ``count`` times: the largest relative error of its mean (2 units) against
+    the exact mean, and the time of the whole stream of updates, old fp32 sums vs fp64 totals."""
+    err = benchmark.pedantic(_precision_run, args=(impl, count), rounds=1, iterations=1)
+    benchmark.extra_info.update({"role": "baseline" if impl == "fp32_sums" else "workbench",
+                                 "count": count, "rel_error": err, "device": "cpu"})
+    if impl == "workbench":
+        benchmark.extra_info.update({"goal_max": {"rel_error": 1e-6},
+                                     "goal": "mean within 1e-6 relative"})
+        assert err <= 1e-6
+
+
+# --- build memory and artifact size against the keys seen --------------------------------------
+
+KEYS_DOCS = [50, 500] if QUICK else [200, 2_000, 20_000]
+
+
+def keys_probe(model: str, n_docs: int, layers: str, modes: str) -> dict:
+    env = {**os.environ, "TQDM_DISABLE": "1", "WORKBENCH_QUIET": "1", "PYTHONPATH": os.pathsep.join(
+        [str(Path(__file__).parent), str(Path(__file__).parents[1])])}
+    out = subprocess.run([sys.executable, str(Path(__file__).parent / "amap_keys_probe.py"),
+                          model, str(n_docs), layers, modes],
+                         capture_output=True, text=True, check=True, env=env)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("n_docs", KEYS_DOCS, ids=lambda n: f"docs{n}")
+@pytest.mark.benchmark(group="amap-keys-memory")
+def test_build_memory_against_keys_seen(benchmark, n_docs):
+    """tiny-gloss-lm, both modes, every layer, on the first N glosses (a fresh process each):
+    keys seen, the states, the artifact and the build's peak RSS growth against what the dense
+    v1 AMAP held. Goal: the states grow with the keys seen (state ≤ 1.6 × the fp64 sums of the
+    keys seen: the table's room to grow), not with the vocabulary."""
+    got = benchmark.pedantic(keys_probe, args=("tiny-gloss-lm", n_docs, "all", "input,output"),
+                             rounds=1, iterations=1)
+    n_layers, d_mlp = len(got["layers"]), 512
+    sums = sum(k for k in got["keys"].values()) * n_layers * d_mlp * 8 / 2**20
+    benchmark.extra_info.update({"role": "workbench", **got, "peak_mib": got["growth_mib"],
+                                 "state_vs_keys": got["state_mib"] / sums,
+                                 "goal_max": {"state_vs_keys": 1.6},
+                                 "goal": "state ≤ 1.6× the sums of the keys seen"})

@@ -191,3 +191,21 @@ def test_run_peak_memory(benchmark, gemma):
             "peak_mib": res["peak_kib"] / 1024 if res["peak_kib"] else None,
             "growth_mib": (res["peak_kib"] - res["rss_before_kib"]) / 1024
             if res["peak_kib"] and res["rss_before_kib"] else None})
+
+
+@pytest.mark.skipif(QUICK, reason="gemma builds (~1 min each): FULL mode (make bench) only")
+@pytest.mark.parametrize("n_docs", [50, 400], ids=lambda n: f"docs{n}")
+@pytest.mark.benchmark(group="gemma-amap-keys-memory")
+def test_gemma_amap_memory_against_keys_seen(benchmark, n_docs):
+    """gemma-3-270m, input mode, layers 0, 8, 17 on the first N glosses (a fresh process): keys
+    seen, the states, the artifact, the peak RSS growth, against the 6 GiB the dense v1 AMAP of
+    those layers held (3 x 262,144 x 2048 x 4 B + counts)."""
+    from test_amap import keys_probe
+
+    got = benchmark.pedantic(keys_probe, args=("gemma-3-270m", n_docs, "0,8,17", "input"),
+                             rounds=1, iterations=1)
+    sums = got["keys"]["input"] * 3 * 2048 * 8 / 2**20
+    benchmark.extra_info.update({"role": "workbench", **got, "peak_mib": got["growth_mib"],
+                                 "state_vs_keys": got["state_mib"] / sums,
+                                 "goal_max": {"state_vs_keys": 1.6},
+                                 "goal": "state ≤ 1.6× the sums of the keys seen"})

@@ -1,5 +1,6 @@
 """AMAP builds on embedded models: references from TransformerLens' own cache and plain counting."""
 
+import json
 import warnings
 
 import pandas as pd
@@ -299,3 +300,44 @@ def test_memory_limit_refuses_before_writing_anything(random_tiny, windows, resu
     assert all(analyze(random_tiny, windows, memory_limit=need, **opts).invariants.values())
     one_layer = analyze(random_tiny, windows, memory_limit=need - 1, layers=[1], **opts)
     assert one_layer.means().shape[0] == 1
+
+
+def _write_v1(result, folder):
+    """The artifact the dense (v1) AMAP wrote for the same build: fp32 sums and counts over
+    every key id, one label per id, no build id (spread out by hand from the v2 states)."""
+    from workbench import artifacts
+
+    amap = result.amap
+    n_keys = amap.n_keys
+    tensors = {"layers": torch.tensor(result.layers), "act_max": amap.act_max.clone()}
+    for m in result.modes:
+        keys = amap.keys(m)
+        total = torch.zeros(amap.n_layers, n_keys, amap.d_mlp)
+        count = torch.zeros(n_keys, dtype=torch.long)
+        total[:, keys] = amap.sums[m].float()
+        count[keys] = amap.counts[m]
+        tensors |= {f"sum.{m}": total, f"count.{m}": count}
+    meta = json.loads(json.dumps(result.meta))
+    for k in ("key_ids", "build_id", "format"):
+        meta["amap"].pop(k, None)
+    meta["amap"]["key_strs"] = [result.label(i) for i in range(n_keys)]
+    artifacts.save(folder / "amap.safetensors", tensors, meta)
+
+
+def test_a_v1_artifact_is_read_and_merged(random_tiny, windows, result, tmp_path):
+    _write_v1(result, tmp_path / "v1")
+    old = load(tmp_path / "v1")
+    assert old.meta["amap"]["converted_from"] == "v1 (dense)"
+    for m in result.modes:
+        assert torch.equal(old.keys(m), result.keys(m))
+        assert torch.equal(old.counts(m), result.counts(m))
+        torch.testing.assert_close(old.means(m), result.means(m).float().double())
+    # a v1 half merges with a v2 half into the one-pass AMAP
+    opts = {"batch_size": 3, "progress": False, "positions": True, "top_k": 3}
+    analyze(random_tiny, windows, shard=(0, 2), **opts).save(tmp_path / "a")
+    _write_v1(analyze(random_tiny, windows, shard=(1, 2), **opts), tmp_path / "b")
+    merged = amap_export.merge_dirs([tmp_path / "a", tmp_path / "b"])
+    for m in result.modes:
+        assert torch.equal(merged.keys(m), result.keys(m))
+        assert torch.equal(merged.counts(m), result.counts(m))
+        torch.testing.assert_close(merged.means(m), result.means(m), rtol=1e-6, atol=1e-6)

@@ -45,3 +45,65 @@ def test_a_header_length_that_looks_like_a_pickle_still_loads(tmp_path, low_byte
         pytest.fail("no padding gave the wanted header length")
     tensors, meta = load(path)
     assert tensors["x"].tolist() == [0, 1, 2] and len(meta["p"]) == pad
+
+
+class _Killed(BaseException):
+    """A kill: not an Exception, so no clean-up handler runs."""
+
+
+def _visible(folder):
+    return {p.name: p.read_bytes() for p in folder.iterdir() if not p.name.startswith(".")}
+
+
+def test_a_set_commit_killed_at_any_step_leaves_the_old_set_or_the_new(tmp_path, monkeypatch):
+    """``commit_set`` killed at each file-system step in turn (every write, rename, move and
+    removal), then read back (``recover``, as every load does first): the folder holds exactly
+    the old build's files or exactly the new build's, never a mix."""
+    from pathlib import Path
+
+    from workbench import artifacts
+
+    old = {"amap.safetensors": b"old tensors", "amap.json": b"old meta", "ctx.json": b"old ctx",
+           "notes.txt": b"the user's own file"}
+    new = {"amap.safetensors": b"new tensors", "amap.json": b"new meta",
+           "build.json": b"new timings"}
+    want_new = {**{k: v for k, v in old.items() if k == "notes.txt"}, **new}
+    steps = ("replace", "rename", "unlink", "rmdir", "touch", "write_bytes")
+    outcomes = set()
+    for kill_at in range(1, 200):
+        folder = tmp_path / f"k{kill_at}"
+        folder.mkdir()
+        for name, data in old.items():
+            (folder / name).write_bytes(data)
+        calls = {"n": 0}
+        originals = {s: getattr(Path, s) for s in steps}
+
+        def counted(step, orig=None):
+            def wrapper(self, *a, **k):
+                calls["n"] += 1
+                if calls["n"] == kill_at:
+                    raise _Killed(step)
+                return originals[step](self, *a, **k)
+            return wrapper
+
+        for s in steps:
+            monkeypatch.setattr(Path, s, counted(s))
+        writers = {n: (lambda p, d=d: p.write_bytes(d)) for n, d in new.items()}
+        killed = False
+        try:
+            artifacts.commit_set(folder, "amap", writers, remove=("ctx.json", "build.json"))
+        except _Killed:
+            killed = True
+        finally:
+            for s in steps:
+                monkeypatch.setattr(Path, s, originals[s])
+        artifacts.recover(folder, "amap")
+        got = _visible(folder)
+        assert got in (old, want_new), (kill_at, sorted(got))
+        assert not [p for p in folder.iterdir() if p.name.startswith(".commit")]
+        outcomes.add("new" if got == want_new else "old")
+        if not killed:
+            break
+    else:
+        raise AssertionError("the commit never ran to its end")
+    assert outcomes == {"old", "new"} and kill_at > 8  # kills landed before and after the commit point
