@@ -78,7 +78,7 @@ def test_a_set_commit_killed_at_any_step_leaves_the_old_set_or_the_new(tmp_path,
         calls = {"n": 0}
         originals = {s: getattr(Path, s) for s in steps}
 
-        def counted(step, orig=None):
+        def counted(step, calls=calls, kill_at=kill_at, originals=originals):
             def wrapper(self, *a, **k):
                 calls["n"] += 1
                 if calls["n"] == kill_at:
