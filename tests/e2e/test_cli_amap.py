@@ -116,6 +116,18 @@ def test_semantics_on_a_built_amap(data, whole):
     assert "t-SNE of lemma AMAPs" in html and "Do lemmas sharing a label" in html
     r = cli("semantics", "--amap", data / "nothing-here")
     assert r.returncode == 2 and "no AMAP" in r.stderr
+    # the random-init control: the data again (a --file build stores only the file's name)
+    control = ("semantics", "--amap", whole, "--max-lemmas", "200", "--tsne-points", "30",
+               "--permutations", "19", "--layers", "1", "--control", "random-init",
+               "--out", data / "sem-control")
+    r = cli(*control)
+    assert r.returncode == 2 and "--file" in r.stderr and "Traceback" not in r.stderr
+    r = cli(*control, "--file", data / "a.txt")
+    assert r.returncode == 0, r.stderr
+    lines = [x for x in r.stdout.splitlines() if x.startswith("layer 1")]
+    assert lines and all("control T=" in x and "supported: " in x for x in lines)
+    html = (data / "sem-control" / "semantics.html").read_text()
+    assert "Against the random-init control" in html and "Confound" in html
 
 
 GLOSSES = ("amap", "build", "--model", "random-tiny", "--dataset", "wordnet-glosses", "--quiet",

@@ -220,3 +220,41 @@ def test_bf16_load_agrees_with_fp32(gemma):
     agree = float((full.argmax(-1) == low.argmax(-1)).float().mean())
     assert agree >= 0.8
     del half
+
+
+def test_sparse_amap_and_semantics_on_the_262k_vocabulary(gemma):
+    """A layer-subset AMAP of gemma (both modes: argmax over 262k logits) equals TransformerLens'
+    cache read position by position; it holds only the keys seen (a dense one: 2 layers x 262,144
+    x 2048 x 4 B = 4 GiB per mode); semantics pools the SentencePiece pieces ('▁cat') of ' lemma'."""
+    from workbench.analyses import semantics
+    from workbench.analyses.amap import analyze
+
+    text = "the cat and the dog sat by the river. a tree, a house, a car and a boat. " * 3
+    w = load_windows(gemma, text=text, window=15, stride=15, bos=False)
+    r = analyze(gemma, w, modes=("input", "output"), layers=[0, 17], batch_size=4,
+                progress=False, context_units=0)
+    sums: dict[tuple[str, int], torch.Tensor] = {}
+    counts: dict[tuple[str, int], int] = {}
+    with torch.inference_mode():
+        for i in range(len(w)):
+            n = int(w.mask[i].sum())
+            logits, cache = gemma.run_with_cache(w.tokens[i : i + 1, :n])
+            acts = torch.stack([cache[f"blocks.{layer}.mlp.hook_post"][0] for layer in (0, 17)], 1)
+            for p in range(n):
+                for mode, t in (("input", int(w.tokens[i, p])), ("output", int(logits[0, p].argmax()))):
+                    sums[(mode, t)] = sums.get((mode, t), 0) + acts[p].double()
+                    counts[(mode, t)] = counts.get((mode, t), 0) + 1
+    for mode in ("input", "output"):
+        want = sorted(t for m, t in counts if m == mode)
+        assert r.keys(mode).tolist() == want
+        assert r.counts(mode).tolist() == [counts[(mode, t)] for t in want]
+        ref = torch.stack([sums[(mode, t)] / counts[(mode, t)] for t in want], 1)  # [L, K, d]
+        torch.testing.assert_close(r.means(mode), ref, rtol=1e-4, atol=1e-4)
+    assert r.amap.sums["input"].shape == (2, len(r.keys("input")), 2048)
+    words = ["cat", "dog", "river", "tree", "house", "car", "boat", "sat", "and", "the", "by"]
+    pieces = semantics.lemma_pieces(gemma.tokenizer, words, " ")
+    assert gemma.tokenizer.convert_ids_to_tokens(pieces[0]) == ["▁cat"]
+    vec, kept = semantics.pool(r.means("input"), r.keys("input"), pieces)
+    assert bool(kept.all())
+    col = r.keys("input").tolist().index(pieces[0][0])
+    torch.testing.assert_close(vec[:, 0], r.means("input")[:, col].float())

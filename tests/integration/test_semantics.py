@@ -168,3 +168,47 @@ def test_study_on_tiny_gloss_lm_slice(gloss_lm):
                           tsne_points=100, tsne_iterations=250, n_permutations=49)
     assert r.counts["kept"] > 100 and {t["label"] for t in r.tests} >= {"pos", "lexname"}
     assert all(0 < t["p_value"] <= 1 for t in r.tests)
+
+
+def test_p_values_at_the_permutation_floor_read_as_a_bound():
+    assert semantics.p_text(1 / 50, 49) == "p < 1/50"
+    assert semantics.p_text(2 / 50, 49) == "p = 0.04"
+    assert semantics.p_text(1 / 1001, 1000) == "p < 1/1001"
+
+
+def test_low_coverage_warns_and_the_page_says_so(random_tiny, amap):
+    """26 lemmas the text holds among 200 it never saw: 11% coverage, a warning and a note."""
+    from workbench.views import semantics as view
+
+    unseen = [{"lemma": "\u00ff" * (2 + i % 3) + chr(0x100 + i), "synset": f"u{i}.n.01",
+               "pos": "noun", "lexname": "noun.x0", "domain": ""} for i in range(200)]
+    with pytest.warns(UserWarning, match=r"only 26 of 227 lemmas \(11%\)"):
+        r = semantics.analyze(random_tiny, amap, table=table() + unseen, tsne_points=10,
+                              prefix="", tsne_iterations=250, n_permutations=19, max_lemmas=50,
+                              layers=[1])
+    html = "".join(str(x) for x in view.section(r).items if isinstance(x, str))
+    assert "Low coverage" in html and "Confound" in html and "random-init control" in html
+
+
+def test_random_init_control_runs_the_same_pipeline(random_tiny, amap):
+    """The control: a random model of the same config and tokenizer (other weights), its AMAP
+    over the same windows with the same settings, the same tests; ``compare`` applies the rule
+    (trained p below alpha and a statistic at least twice the control's) row by row."""
+    from workbench.artifacts import weights_hash
+
+    ctrl_model = semantics.random_init(random_tiny, seed=7)
+    assert ctrl_model.cfg.d_mlp == random_tiny.cfg.d_mlp and ctrl_model.tokenizer is random_tiny.tokenizer
+    assert weights_hash(ctrl_model) != weights_hash(random_tiny)
+    w = load_windows(random_tiny, text=TEXT, window=15, stride=15, bos=False)
+    opts = dict(table=table(), tsne_points=10, prefix="", tsne_iterations=250,
+                n_permutations=19, max_lemmas=50, layers=[1])
+    trained = semantics.analyze(random_tiny, amap, **opts)
+    c_amap, ctrl = semantics.control(random_tiny, amap, w, seed=7, progress=False, **opts)
+    assert c_amap.layers == amap.layers and torch.equal(c_amap.keys(), amap.keys())
+    assert torch.equal(c_amap.counts(), amap.counts())  # the same positions, other activations
+    rows = semantics.compare(trained, ctrl, alpha=0.5)
+    assert len(rows) == len(trained.tests) == len(ctrl.tests)
+    for r, t, c in zip(rows, trained.tests, ctrl.tests, strict=True):
+        want = t["p_value"] < 0.5 and t["statistic"] >= 2 * max(c["statistic"], 0.0)
+        assert r["supported"] == ("yes" if want else "no")
+        assert (r["T trained"], r["T control"]) == (t["statistic"], c["statistic"])

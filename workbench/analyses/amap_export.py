@@ -56,7 +56,7 @@ def select_keys(result: AmapResult, tokens: Sequence[int | str] | None = None,
             else:
                 raise WorkbenchError(
                     f"token {t!r} is not a key this AMAP saw; give token texts exactly as "
-                    "decoded (mind the leading space, e.g. ' the', or gemma's '▁the') or ids"
+                    "decoded (mind the leading space, e.g. ' the') or ids"
                 )
         return ids
     mode = result.modes[0]

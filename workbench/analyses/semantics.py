@@ -16,6 +16,11 @@
    neurons a lot; without this all cosines are near 1), then t-SNE (scikit-learn) draws a sample,
    and ``permutation_test`` asks whether lemmas sharing a domain / POS / lexname have more similar
    AMAPs than lemmas that do not (labels shuffled ``n_permutations`` times).
+4. Surface form confounds all three: lemmas sharing a label share token pieces (``-itis``,
+   ``-ly``, a multiword head), and shared pieces mean shared AMAP columns, even in a network that
+   learned nothing. ``control(...)`` (``workbench semantics --control random-init``) runs the same
+   pipeline on a randomly initialised model of the same shape and tokenizer over the same data;
+   only the trained model's excess over it is evidence of learned semantics (``compare``).
 """
 
 from __future__ import annotations
@@ -38,6 +43,19 @@ from workbench.results import ResultMixin
 
 ARTIFACT = "semantics.safetensors"
 LABELS = ("domain", "pos", "lexname")
+LOW_COVERAGE = 0.2  # below this share of lemmas with a seen piece, the tests cover few words
+CONFOUND = ("Surface form is a confound: lemmas that share a label often share token pieces "
+            "(suffixes such as -itis or -ly, the head of a multiword lemma), and shared pieces "
+            "mean shared AMAP columns even in an untrained network. Compare with the random-init "
+            "control (workbench semantics --control random-init): only the excess over it is "
+            "evidence of learned semantics.")
+
+
+def p_text(p: float, n_permutations: int) -> str:
+    """``p < 1/(n+1)`` at the permutation floor ((1 + hits) / (1 + n) with no hit), else the
+    value: no permutation test can give a p-value below its floor."""
+    floor = 1 / (n_permutations + 1)
+    return f"p < 1/{n_permutations + 1}" if p <= floor * (1 + 1e-9) else f"p = {p:.4g}"
 POS_NAMES = {"n": "noun", "v": "verb", "a": "adjective", "s": "adjective", "r": "adverb"}
 
 
@@ -137,6 +155,7 @@ class SemanticsResult(ResultMixin):
     tests: list[dict]
     counts: dict  # lemmas in WordNet, dropped (no seen piece), kept, sampled
     meta: dict = field(default_factory=dict)
+    control: list[dict] = field(default_factory=list)  # ``compare`` rows, when a control ran
 
     def labels(self, kind: str, top: int | None = None) -> list[str]:
         """Each sampled lemma's label of ``kind``; with ``top``, rarer labels become "other"."""
@@ -170,7 +189,8 @@ class SemanticsResult(ResultMixin):
         return view.figures(self, top)
 
     def save(self, out_dir: str | Path) -> Path:
-        meta = {**self.meta, "tests": self.tests, "counts": self.counts, "rows": self.rows}
+        meta = {**self.meta, "tests": self.tests, "counts": self.counts, "rows": self.rows,
+                "control": self.control}
         return artifacts.save(Path(out_dir) / ARTIFACT, self.tensors(), meta)
 
 
@@ -212,6 +232,14 @@ def analyze(
     pieces = lemma_pieces(model.tokenizer, [r["lemma"] for r in rows_all], prefix)
     seen = set(keys.tolist())
     kept = [i for i, p in enumerate(pieces) if any(t in seen for t in p)]
+    coverage = len(kept) / max(1, len(rows_all))
+    if coverage < LOW_COVERAGE:
+        import warnings
+
+        warnings.warn(f"only {len(kept):,} of {len(rows_all):,} lemmas ({coverage:.0%}) have a token "
+                      "piece the AMAP saw: the tests speak for those words only; build the AMAP "
+                      "over more text (e.g. --dataset wordnet-glosses) for a wider cover",
+                      stacklevel=2)
     if len(kept) < 10:
         raise WorkbenchError(
             f"only {len(kept)} of {len(rows_all)} lemmas have a token the AMAP saw; build the AMAP "
@@ -247,7 +275,7 @@ def analyze(
             tests.append({"layer": layer, "label": kind, **r.as_dict()})
     bar.close()
     counts_info = {"lemmas": len(rows_all), "dropped_unseen": len(rows_all) - len(kept),
-                   "kept": len(kept), "sampled": len(chosen), "general_sample": len(general),
+                   "kept": len(kept), "coverage": coverage, "sampled": len(chosen), "general_sample": len(general),
                    "domain_sample": len(with_domain)}
     meta = {k: amap.meta.get(k) for k in ("model", "weights_sha256_16", "tokenizer")}
     meta["settings"] = {"mode": mode, "prefix": prefix, "layers": layers, "max_lemmas": max_lemmas,
@@ -256,6 +284,61 @@ def analyze(
                         "seed": seed, "amap_fingerprint": amap.meta["amap"].get("fingerprint")}
     return SemanticsResult(rows, vectors, layers, torch.stack(embeds), tsne_index, tests,
                            counts_info, meta)
+
+
+def random_init(model, seed: int = 1234):
+    """A randomly initialised model with ``model``'s configuration and tokenizer (the control:
+    its AMAP carries surface form, how a random network mixes a lemma's pieces, and nothing
+    learned)."""
+    import dataclasses
+    import warnings
+
+    from transformer_lens import HookedTransformer
+
+    cfg = dataclasses.replace(model.cfg, seed=seed, init_weights=True,
+                              model_name=f"{model.cfg.model_name}-random-init")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        control = HookedTransformer(cfg, tokenizer=model.tokenizer, move_to_device=False)
+    return control.to(next(model.parameters()).device).eval()
+
+
+def control(model, amap: AmapResult, windows, *, seed: int = 1234, batch_size: int = 32,
+            progress: bool = True, **options) -> tuple[AmapResult, SemanticsResult]:
+    """The random-init control of ``analyze(model, amap, **options)``: a random model of the
+    same shape and tokenizer (``random_init``), its AMAP over ``windows`` (the data ``amap`` was
+    built on) with ``amap``'s settings, and the same semantics on it."""
+    from workbench.analyses.amap import analyze as build_amap
+
+    settings = amap.meta.get("settings") or {}
+    mode = options.get("mode", "input")
+    ctrl = random_init(model, seed)
+    c_amap = build_amap(ctrl, windows, modes=(mode,), positions=bool(settings.get("positions")),
+                        layers=list(amap.layers), count_bos=bool(settings.get("count_bos")),
+                        top_k=1, context_units=0, batch_size=batch_size, progress=progress,
+                        require_full_window=False)
+    return c_amap, analyze(ctrl, c_amap, progress=progress, **options)
+
+
+def compare(trained: SemanticsResult, ctrl: SemanticsResult,
+            alpha: float | None = None) -> list[dict]:
+    """Per (layer, label): the trained model's test beside the control's, and the verdict
+    fixed before looking: "supported" when the trained p-value is below ``alpha`` (default
+    0.05 / number of tests, Bonferroni) and its statistic at least twice the control's."""
+    alpha = 0.05 / max(1, len(trained.tests)) if alpha is None else alpha
+    by_key = {(t["layer"], t["label"]): t for t in ctrl.tests}
+    rows = []
+    for t in trained.tests:
+        c = by_key.get((t["layer"], t["label"]))
+        if c is None:
+            continue
+        ok = t["p_value"] < alpha and t["statistic"] >= 2 * max(c["statistic"], 0.0)
+        rows.append({"layer": t["layer"], "label": t["label"], "n": t["n_items"],
+                     "T trained": t["statistic"], "p trained": t["p_value"],
+                     "T control": c["statistic"], "p control": c["p_value"],
+                     "n_permutations": t["n_permutations"], "alpha": alpha,
+                     "supported": "yes" if ok else "no"})
+    return rows
 
 
 def tsne(x: Float[Tensor, "n d"], seed: int = 0, iterations: int = 1000) -> Float[Tensor, "n 2"]:

@@ -29,6 +29,20 @@ def register(sub) -> None:
     p.add_argument("--permutations", type=positive_int, default=1000, help="label shufflings (default 1000)")
     p.add_argument("--top", type=positive_int, default=5, help="labels coloured in the t-SNE (default 5)")
     p.add_argument("--seed", type=int, default=0, help="seed of t-SNE and the shufflings")
+    p.add_argument("--control", choices=["none", "random-init"], default="none",
+                   help="random-init: also build the AMAP of a randomly initialised model of the "
+                   "same shape and tokenizer over the same data and run the same tests on it "
+                   "(surface form alone); the verdicts need the trained model to beat it")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--text", help="with --control: the AMAP build's --text (not stored in it)")
+    src.add_argument("--file", type=Path, help="with --control: the build's --file")
+    src.add_argument("--dataset", help="with --control: the build's --dataset (default: from "
+                     "the AMAP's metadata)")
+    p.add_argument("--field", default=None, help="with --control: the build's --field")
+    p.add_argument("--limit", type=positive_int, default=None,
+                   help="with --control: the build's --limit (default: the documents it read)")
+    p.add_argument("--batch-size", type=positive_int, default=32,
+                   help="windows per forward pass of the control's AMAP build")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: --amap)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=main)
@@ -49,21 +63,40 @@ def main(args) -> int:
     for layer in args.layers or []:
         amap._row(layer)
     model = load_model(args.model or amap.meta["model"], device=args.device)
-    layers = args.layers
-    result = analyze(model, amap, mode=args.mode, prefix="" if args.no_prefix_space else " ",
-                     layers=layers, max_lemmas=args.max_lemmas, tsne_points=args.tsne_points,
-                     n_permutations=args.permutations, seed=args.seed, progress=not args.quiet)
+    windows = None
+    if args.control != "none":  # the data first: a --file build without --file fails fast
+        from workbench.data import rebuild_windows
+
+        windows = rebuild_windows(model, amap.meta.get("data", {}), text=args.text,
+                                  file=args.file, dataset=args.dataset, field=args.field,
+                                  limit=args.limit)
+    options = dict(mode=args.mode, prefix="" if args.no_prefix_space else " ",
+                   layers=args.layers, max_lemmas=args.max_lemmas, tsne_points=args.tsne_points,
+                   n_permutations=args.permutations, seed=args.seed)
+    result = analyze(model, amap, progress=not args.quiet, **options)
+    if windows is not None:
+        from workbench.analyses.semantics import compare, control
+
+        _, ctrl = control(model, amap, windows, batch_size=args.batch_size,
+                          progress=not args.quiet, **options)
+        result.control = compare(result, ctrl)
     out = args.out or args.amap
     path = result.save(out)
     header = {"model": model.cfg.model_name, "amap": str(args.amap), "mode": args.mode,
               "lemmas kept": result.counts["kept"], "permutations": args.permutations}
     html = Page("WordNet semantics of an AMAP", header).add(section(result, args.top))
     html_path = html.write(out / "semantics.html")
+    from workbench.analyses.semantics import p_text
+
+    controls = {(r["layer"], r["label"]): r for r in result.control}
     for t in result.tests:
-        floor = 1 / (args.permutations + 1)  # (1 + hits) / (1 + n): the smallest p there is
-        p = f"p<1/{args.permutations + 1}" if t["p_value"] <= floor * (1 + 1e-9) \
-            else f"p={t['p_value']:.4f}"
-        print(f"layer {t['layer']} {t['label']:8s} T={t['statistic']:+.4f} "
-              f"{p} effect={t['effect_size']:+.2f} (n={t['n_items']})")
+        line = (f"layer {t['layer']} {t['label']:8s} T={t['statistic']:+.4f} "
+                f"{p_text(t['p_value'], args.permutations)} effect={t['effect_size']:+.2f} "
+                f"(n={t['n_items']})")
+        c = controls.get((t["layer"], t["label"]))
+        if c is not None:
+            line += (f"  control T={c['T control']:+.4f} "
+                     f"{p_text(c['p control'], args.permutations)}  supported: {c['supported']}")
+        print(line)
     print(f"wrote {path} and {html_path}")
     return 0

@@ -30,6 +30,7 @@ main{padding:8px 28px 40px 28px}
 section{background:#fff;border:1px solid #ddd;border-radius:6px;margin:18px 0;padding:8px 18px}
 section h2{font-size:18px;margin:10px 0}
 .note{color:#555;font-size:13px;max-width:70em}
+.warn{color:#8a3b00;background:#fff4e5;border-left:3px solid #e08a00;padding:4px 8px;font-size:13px;max-width:70em}
 table.data{border-collapse:collapse;font-size:13px;margin:8px 0}
 table.data td,table.data th{border:1px solid #ddd;padding:2px 8px;text-align:right}
 table.data th{background:#f0f0f0}

@@ -7,6 +7,7 @@ import html
 
 import plotly.graph_objects as go
 
+from workbench.analyses.semantics import CONFOUND, LOW_COVERAGE, p_text
 from workbench.views.html import Section, table_html
 
 GREY = "rgba(160,160,160,0.35)"
@@ -47,7 +48,8 @@ def tests_figure(result) -> go.Figure:
             continue
         fig.add_bar(name=kind, x=[f"layer {t['layer']}" for t in rows],
                     y=[t["effect_size"] for t in rows],
-                    text=[f"p={t['p_value']:.3g}" for t in rows], textposition="outside",
+                    text=[p_text(t["p_value"], t["n_permutations"]) for t in rows],
+                    textposition="outside",
                     hovertext=[f"T={t['statistic']:.4f} (within {t['within']:.4f}, between "
                                f"{t['between']:.4f}), n={t['n_items']}, groups={t['n_groups']}"
                                for t in rows], hoverinfo="text")
@@ -67,9 +69,25 @@ def figures(result, top: int = 5) -> dict[str, go.Figure]:
 
 
 def tests_table(result) -> str:
-    cols = ["layer", "label", "statistic", "within", "between", "p_value", "effect_size",
+    cols = ["layer", "label", "statistic", "within", "between", "p", "effect_size",
             "n_items", "n_groups", "n_permutations"]
-    return table_html(result.tests, cols)
+    rows = [{**t, "p": p_text(t["p_value"], t["n_permutations"])} for t in result.tests]
+    return table_html(rows, cols)
+
+
+def control_table(result) -> str:
+    """The trained model's tests beside the random-init control's, with the verdicts."""
+    if not result.control:
+        return ("<p class='note'>No random-init control was run: the tests above do not tell "
+                "learned semantics from surface form (<code>--control random-init</code>).</p>")
+    rows = [{**r, "p trained": p_text(r["p trained"], r["n_permutations"]),
+             "p control": p_text(r["p control"], r["n_permutations"])} for r in result.control]
+    alpha = result.control[0]["alpha"]
+    return (f"<h4>Against the random-init control</h4><p class='note'>supported: trained p "
+            f"below {alpha:.3g} (0.05 / tests, Bonferroni) and a statistic at least twice the "
+            "control's, a rule fixed before looking.</p>"
+            + table_html(rows, ["layer", "label", "n", "T trained", "p trained", "T control",
+                                "p control", "supported"]))
 
 
 def section(result, top: int = 5) -> Section:
@@ -77,8 +95,15 @@ def section(result, top: int = 5) -> Section:
     counts = (f"<p class='note'>{c['lemmas']:,} distinct first lemmas in WordNet; "
               f"{c['dropped_unseen']:,} dropped (no token piece seen in the AMAP); "
               f"{c['kept']:,} kept; {c['sampled']:,} sampled for the figures and tests.</p>")
+    coverage = c.get("coverage", c["kept"] / max(1, c["lemmas"]))
+    if coverage < LOW_COVERAGE:
+        counts += (f"<p class='warn'><b>Low coverage:</b> only {coverage:.0%} of the lemmas have "
+                   "a token piece the AMAP saw; the tests speak for those words only. Build the "
+                   "AMAP over more text for a wider cover.</p>")
+    counts += f"<p class='note'><b>Confound.</b> {html.escape(CONFOUND)}</p>"
     figs = figures(result, top)
-    items = [counts, figs.pop("tests"), tests_table(result), *figs.values()]
+    items = [counts, figs.pop("tests"), tests_table(result), control_table(result),
+             *figs.values()]
     return Section(
         "WordNet semantics of the AMAP", items,
         note="Each test asks whether lemmas that share a label (topic domain, part of speech, "
