@@ -13,19 +13,23 @@ L, V, D, W = 2, 7, 3, 5
 SEEN = 5  # keys are drawn from 0..SEEN-1: ids SEEN..V-1 stay unseen
 
 
-def make_batches(n_batches=3, batch=3, seed=0):
+def make_batches(n_batches=3, batch=3, seed=0, shift=0):
+    """Random batches; the second has no padding (the update's unpadded path), ``shift`` masks
+    the first column (a BOS that is no key)."""
     g = torch.Generator().manual_seed(seed)
     out = []
-    for _ in range(n_batches):
+    for i in range(n_batches):
         acts = torch.randn(L, batch, W, D, generator=g)
         lengths = torch.randint(1, W + 1, (batch,), generator=g)
+        lengths = lengths if i != 1 else torch.full_like(lengths, W)
         mask = torch.arange(W)[None] < lengths[:, None]
+        mask[:, :shift] = False
         keys = {m: torch.randint(0, SEEN, (batch, W), generator=g) for m in ("input", "output")}
         out.append((acts, mask, keys))
     return out
 
 
-def naive(batches, mode, positions):
+def naive(batches, mode, positions, shift=0):
     """Sums and counts by a plain loop over every (batch, position): the reference."""
     n_keys = V + (W if positions else 0)
     sums = [[[0.0] * D for _ in range(n_keys)] for _ in range(L)]
@@ -35,7 +39,7 @@ def naive(batches, mode, positions):
             for p in range(mask.shape[1]):
                 if not mask[b, p]:
                     continue
-                targets = [int(keys[mode][b, p])] + ([V + p] if positions else [])
+                targets = [int(keys[mode][b, p])] + ([V + p - shift] if positions else [])
                 for t in targets:
                     counts[t] += 1
                     for layer in range(L):
@@ -58,14 +62,14 @@ def dense(amap, mode):
     return counts, means
 
 
-@pytest.mark.parametrize("positions", [False, True])
-def test_sparse_amap_equals_naive_loop(positions):
-    batches = make_batches()
+@pytest.mark.parametrize(("positions", "shift"), [(False, 0), (True, 0), (True, 1)])
+def test_sparse_amap_equals_naive_loop(positions, shift):
+    batches = make_batches(shift=shift)
     amap = Amap(L, V, D, ("input", "output"), W if positions else 0)
     for acts, mask, keys in batches:
-        amap.update(acts, mask, keys)
+        amap.update(acts, mask, keys, position_shift=shift)
     for mode in ("input", "output"):
-        sums, counts = naive(batches, mode, positions)
+        sums, counts = naive(batches, mode, positions, shift)
         got_counts, got_means = dense(amap, mode)
         assert got_counts == counts
         assert amap.counts[mode].dtype == torch.int64 and bool((amap.counts[mode] > 0).all())
@@ -263,3 +267,56 @@ def test_top_windows_equal_naive_and_merge():
         torch.testing.assert_close(out["values"][layer, i], torch.tensor([v for v, _, _ in rows]))
     a.merge(b)
     assert torch.equal(a.compute()["windows"], out["windows"])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_top_windows_with_ties_shuffled_ids_and_snippets_equal_a_naive_sort(seed):
+    """Many equal maxima (activations rounded to halves), window ids in no order (as a length
+    batch plan gives them), padded ends and a masked first position, span-kept activations: every
+    unit's k windows, peaks, starts and snippets equal a plain sort of every window (-value, id),
+    whatever the batching and merge order."""
+    g = torch.Generator().manual_seed(seed)
+    n_layers, d, width, k, span, n = 2, 5, 6, 3, 4, 40
+    acts = (torch.randn(n_layers, n, width, d, generator=g) * 2).round() / 2
+    lengths = torch.randint(1, width + 1, (n,), generator=g)
+    mask = torch.arange(width)[None] < lengths[:, None]
+    mask[::5, 0] = False  # a BOS that is no key: masked, but still inside the window
+    ids = torch.randperm(n, generator=g) + 100
+
+    def naive_unit(layer, i):
+        rows = []
+        for w in range(n):
+            real = [p for p in range(width) if mask[w, p]]
+            if not real:
+                continue
+            vals = [float(acts[layer, w, p, i]) for p in real]
+            peak = real[vals.index(max(vals))]
+            length = int(mask[w].sum())
+            start = min(max(peak - (span - 1 - span // 4), 0), max(length - span, 0))
+            snip = [float(acts[layer, w, start + j, i]) if start + j < length else 0.0
+                    for j in range(span)]
+            rows.append((-max(vals), int(ids[w]), peak, start, snip))
+        return sorted(rows)[:k]
+
+    def feed(top, order, size):
+        for s in range(0, n, size):
+            b = order[s : s + size]
+            top.update(acts[:, b], mask[b], ids[b])
+
+    whole = TopWindows(n_layers, d, k, span=span)
+    feed(whole, torch.arange(n), 7)
+    a, b = TopWindows(n_layers, d, k, span=span), TopWindows(n_layers, d, k, span=span)
+    order = torch.randperm(n, generator=g)
+    feed(a, order[: n // 2], 3)
+    feed(b, order[n // 2 :], 16)
+    b.merge(a)
+    for top in (whole, b):
+        out = top.compute()
+        for layer in range(n_layers):
+            for i in range(d):
+                ref = naive_unit(layer, i)
+                assert out["values"][layer, i].tolist() == [-r[0] for r in ref]
+                assert out["windows"][layer, i].tolist() == [r[1] for r in ref]
+                assert out["positions"][layer, i].tolist() == [r[2] for r in ref]
+                assert out["starts"][layer, i].tolist() == [r[3] for r in ref]
+                assert out["acts"][layer, i].tolist() == [r[4] for r in ref]

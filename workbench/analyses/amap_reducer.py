@@ -21,6 +21,7 @@ from workbench.analyses.amap_contexts import read_contexts
 from workbench.data import Windows
 from workbench.errors import WorkbenchError
 from workbench.kernels.amap import Amap, check_fits, estimate_bytes
+from workbench.kernels.argmax import argmax_last
 from workbench.kernels.top_windows import TopWindows
 
 
@@ -81,7 +82,7 @@ class AmapReducer:
         keep, shift = key_mask(self.windows, batch.mask, self.count_bos)
         keys = {"input": batch.tokens}
         if "output" in self.modes:
-            keys["output"] = chunked_argmax(batch.logits)
+            keys["output"] = argmax_last(batch.logits)  # no [batch, pos, vocab] temporary
         self.accs["amap"].update(acts, keep, {m: keys[m] for m in self.modes}, shift)
         self.accs["top"].update(acts, keep, batch.index)
 
@@ -121,15 +122,6 @@ def expected_keys(windows: Windows, n_pos: int) -> int:
     """Keys an AMAP of ``windows`` will hold per mode: the distinct input tokens (exact for
     ``input``, the planning figure for ``output``) and the ``[POS_k]`` pseudo-tokens."""
     return int(torch.unique(windows.tokens[windows.mask]).numel()) + n_pos
-
-
-def chunked_argmax(logits: Tensor, elements: int = 2**24) -> Tensor:
-    """``logits.argmax(-1)`` over a few positions at a time (``elements`` logits each): no
-    full-size temporary of the [batch, pos, vocab] logits (262k wide on gemma) beside them."""
-    flat = logits.reshape(-1, logits.shape[-1])
-    rows = max(1, elements // max(1, logits.shape[-1]))
-    out = torch.cat([flat[i : i + rows].argmax(-1) for i in range(0, flat.shape[0], rows)])
-    return out.reshape(logits.shape[:-1])
 
 
 CONTEXT_SPAN = 32  # positions kept around a top window's peak (a 15-token window: all of it)

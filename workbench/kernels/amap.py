@@ -232,17 +232,11 @@ class Amap(Accumulator):
         dev = self.device
         mask = mask.to(dev)
         flat = rearrange(mask, "batch pos -> (batch pos)")
-        vals = rearrange(acts.to(dev), "layer batch pos mlp -> layer (batch pos) mlp")[:, flat]
-        if not vals.shape[1]:
+        n_real = int(flat.sum())
+        if not n_real:
             return self
-        torch.maximum(self.act_max, vals.amax(1).float(), out=self.act_max)
-        vals = vals.to(SUM_DTYPE)  # every addition in fp64: exact whatever the count
-        pos_keys = None
-        if self.n_positions:
-            pos = self.position_keys(mask.shape[1] - position_shift)
-            pos = torch.cat([pos[:1].expand(position_shift), pos]) if position_shift else pos
-            pos = pos.expand(mask.shape[0], -1)  # the shifted-out columns are masked
-            pos_keys = rearrange(pos, "batch pos -> (batch pos)")[flat]
+        padded = n_real < flat.numel()  # with length batching most batches have no padding
+        slots = {}
         for m in self.modes:
             k = rearrange(keys[m].to(dev), "batch pos -> (batch pos)")[flat]
             if int(k.min()) < 0 or int(k.max()) >= self.d_vocab:
@@ -250,10 +244,37 @@ class Amap(Accumulator):
                     f"{m} key ids must be in 0..{self.d_vocab - 1} (got {int(k.min())}.."
                     f"{int(k.max())}): the AMAP was sized for another vocabulary"
                 )
-            for ids in (k, pos_keys) if pos_keys is not None else (k,):
-                slot = self.slots(m, ids)
-                self.states[f"sum.{m}"].index_add_(1, slot, vals)
-                self.states[f"count.{m}"].index_add_(0, slot, torch.ones_like(slot))
+            slots[m] = self.slots(m, k)
+            self.states[f"count.{m}"].index_add_(0, slots[m], torch.ones_like(slots[m]))
+        pos_slots = {}
+        if self.n_positions:
+            n_pos = mask.shape[1] - position_shift
+            pos = self.position_keys(n_pos)
+            if padded:  # every real position under its [POS_k] (the shifted-out columns are masked)
+                pos = torch.cat([pos[:1].expand(position_shift), pos]) if position_shift else pos
+                pos = rearrange(pos.expand(mask.shape[0], -1), "batch pos -> (batch pos)")[flat]
+            else:  # no padding (so no shift): a batch's per-position sums, [POS_k] once each
+                counts = torch.full((n_pos,), mask.shape[0], dtype=torch.long, device=dev)
+            for m in self.modes:
+                pos_slots[m] = self.slots(m, pos)
+                self.states[f"count.{m}"].index_add_(
+                    0, pos_slots[m], torch.ones_like(pos_slots[m]) if padded else counts)
+        # a layer at a time: each layer's fp32 activations become fp64 (every addition exact
+        # whatever the count) in a temporary of one layer, which stays in cache
+        for layer in range(acts.shape[0]):
+            a = rearrange(acts[layer].to(dev), "batch pos mlp -> (batch pos) mlp")
+            a = a[flat] if padded else a
+            torch.maximum(self.act_max[layer], a.amax(0).float(), out=self.act_max[layer])
+            a = a.to(SUM_DTYPE)
+            per_pos = None
+            if pos_slots and not padded:
+                per_pos = rearrange(a, "(batch pos) mlp -> batch pos mlp",
+                                    batch=mask.shape[0]).sum(0)
+            for m in self.modes:
+                total = self.states[f"sum.{m}"][layer]
+                total.index_add_(0, slots[m], a)
+                if pos_slots:
+                    total.index_add_(0, pos_slots[m], a if padded else per_pos)
         return self
 
     def expected(self, state: Mapping[str, Tensor]) -> dict[str, tuple[tuple[int, ...],

@@ -58,16 +58,21 @@ class TopWindows(Accumulator):
             self.add_state("acts", torch.zeros(*shape, self.span, dtype=torch.float32,
                                                device=device), "merge")
 
-    def _keep_best(self, cand: dict[str, Tensor]) -> None:
+    def _best_of(self, cand: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The best ``k`` of the candidates along their last axis (``acts``: the one before it)."""
         # Equal maxima are common (a causal model's position 0 sees only its own token): order
         # ties by window id so that any batching or merge order selects the same windows.
         by_window = cand["windows"].argsort(dim=-1, stable=True)
         order = cand["values"].gather(-1, by_window).sort(dim=-1, descending=True,
                                                           stable=True).indices[..., : self.k]
         sel = by_window.gather(-1, order)
+        out = {}
         for name, t in cand.items():
-            idx = sel if t.ndim == 3 else sel[..., None].expand(-1, -1, -1, t.shape[-1])
-            self.states[name] = t.gather(2, idx)
+            if t.ndim == sel.ndim:
+                out[name] = t.gather(-1, sel)
+            else:
+                out[name] = t.gather(-2, sel[..., None].expand(*sel.shape, t.shape[-1]))
+        return out
 
     def update(
         self,
@@ -76,22 +81,38 @@ class TopWindows(Accumulator):
         window_ids: Int[Tensor, " batch"],
     ) -> TopWindows:
         dev = self.device
-        acts, mask = acts.to(dev), mask.to(dev)
-        neg = torch.tensor(-torch.inf, device=dev)
-        a = torch.where(rearrange(mask, "batch pos -> 1 batch pos 1"), acts.float(), neg)
-        best, pos = a.max(dim=2)  # [layer, batch, mlp]
-        new = {"values": rearrange(best, "layer batch mlp -> layer mlp batch"),
-               "positions": rearrange(pos, "layer batch mlp -> layer mlp batch")}
-        new["windows"] = window_ids.to(dev).expand(self.n_layers, self.d_mlp, -1)
+        acts, mask = acts.to(dev).float(), mask.to(dev)
+        padded = not bool(mask.all())  # with length batching most batches have no padding
+        scored = acts.masked_fill(~rearrange(mask, "b p -> 1 b p 1"), -torch.inf) if padded else acts
+        best = scored.amax(dim=2)  # [layer, batch, mlp]; amax, not max: 25x faster on a CPU
+        values = rearrange(best, "layer batch mlp -> (layer mlp) batch")
+        wid = window_ids.to(dev)
+        # Only the units where some window of the batch outranks the k-th window kept can change
+        # (outranks: a higher value, or an equal one and a lower window id); late in a pass that
+        # is a small share of the units, and only their rows are gathered and sorted.
+        for n, t in self.states.items():
+            if not t.is_contiguous():
+                self.states[n] = t.contiguous()
+        flat = {n: t.view(self.n_layers * self.d_mlp, *t.shape[2:]) for n, t in self.states.items()}
+        kth_v, kth_w = flat["values"][:, -1:], flat["windows"][:, -1:]
+        enters = (values > kth_v) | ((values == kth_v) & (wid < kth_w))
+        rows = enters.any(-1).nonzero().squeeze(-1)
+        if not len(rows):
+            return self
+        layer, unit = rows // self.d_mlp, rows % self.d_mlp
+        per_row = acts[layer, :, :, unit]  # [row, batch, pos]
+        peak = (per_row.masked_fill(~mask, -torch.inf) if padded else per_row).argmax(-1)
+        new = {"values": values[rows], "windows": wid.expand(len(rows), -1), "positions": peak}
         if self.span:
             length = mask.sum(1)  # [batch]
-            start = snippet_starts(new["positions"], length, self.span)  # [layer, mlp, batch]
-            idx = start[..., None] + torch.arange(self.span, device=dev)  # [layer, mlp, batch, span]
-            inside = idx < length[:, None]
-            per_unit = rearrange(acts, "layer batch pos mlp -> layer mlp batch pos")
-            got = per_unit.gather(3, idx.clamp(max=acts.shape[2] - 1)).float()
-            new["starts"], new["acts"] = start, torch.where(inside, got, 0.0)
-        self._keep_best({n: torch.cat([self.states[n], new[n]], 2) for n in self.states})
+            start = snippet_starts(peak, length, self.span)  # [row, batch]
+            idx = start[..., None] + torch.arange(self.span, device=dev)  # [row, batch, span]
+            got = per_row.gather(2, idx.clamp(max=acts.shape[2] - 1))
+            new["starts"] = start
+            new["acts"] = torch.where(idx < length[:, None], got, 0.0)  # 0 past the end
+        best_of = self._best_of({n: torch.cat([flat[n][rows], new[n]], 1) for n in flat})
+        for n, t in best_of.items():
+            flat[n][rows] = t  # views of the states: written in place
         return self
 
     def _check_mergeable(self, other) -> None:
@@ -104,8 +125,8 @@ class TopWindows(Accumulator):
             )
 
     def _merge(self, other: TopWindows) -> None:
-        self._keep_best({n: torch.cat([t, other.states[n].to(self.device)], 2)
-                         for n, t in self.states.items()})
+        self.states.update(self._best_of({n: torch.cat([t, other.states[n].to(self.device)], 2)
+                                          for n, t in self.states.items()}))
 
     def compute(self) -> dict[str, Tensor]:
         return self.state_dict()
