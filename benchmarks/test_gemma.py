@@ -209,3 +209,50 @@ def test_gemma_amap_memory_against_keys_seen(benchmark, n_docs):
                                  "state_vs_keys": got["state_mib"] / sums,
                                  "goal_max": {"state_vs_keys": 1.6},
                                  "goal": "state ≤ 1.6× the sums of the keys seen"})
+
+
+BUILD_DOCS = 20 if QUICK else 300
+
+
+@pytest.fixture(scope="module")
+def gloss_windows(gemma):
+    from workbench.artifacts import weights_hash
+    from workbench.data import load_windows
+
+    weights_hash(gemma)  # once per process (remembered on the model), not a cost of each build
+    return load_windows(gemma, dataset="wordnet-glosses", limit=BUILD_DOCS, window=15, stride=15,
+                        bos=False)
+
+
+@pytest.mark.parametrize("modes", ["input", "input,output"])
+@pytest.mark.parametrize("impl", ["bare_forward", "workbench"])
+@pytest.mark.benchmark(group="gemma-amap-build")
+def test_gemma_amap_build_vs_forward(benchmark, impl, modes, gemma, gloss_windows):
+    """``amap build`` on gemma-3-270m (layers 0, 8, 17, SYSIF's 15-token windows, batches of 32)
+    against the bare forward over the same batches: stopped after block 17 for ``input`` (the
+    build needs no logits, so the engine stops there too), the whole model with its 262k
+    unembedding for ``input,output``. Goal: build ≤ 1.2× forward."""
+    from workbench.analyses.amap import analyze
+    from workbench.capture import batch_plan
+
+    w, layers = gloss_windows, [0, 8, 17]
+    stop = None if "output" in modes else max(layers) + 1
+    plan = batch_plan(w, 32)
+
+    def bare():
+        with torch.inference_mode():
+            for idx in plan:
+                width = int(w.mask[idx].sum(1).max())
+                gemma(w.tokens[idx, :width], stop_at_layer=stop)
+
+    def ours():
+        return analyze(gemma, w, batch_size=32, progress=False, modes=tuple(modes.split(",")),
+                       layers=layers)
+
+    out = benchmark.pedantic(bare if impl == "bare_forward" else ours,
+                             rounds=1 if QUICK else 3, iterations=1)
+    benchmark.extra_info.update({"role": "baseline" if impl == "bare_forward" else "workbench",
+                                 "windows": len(w), "tokens": w.n_tokens, "device": "cpu"})
+    if impl == "workbench":
+        benchmark.extra_info.update({"goal_ratio": 1 / 1.2, "goal": "build ≤ 1.2× forward"})
+        assert all(out.invariants.values())

@@ -45,7 +45,7 @@ def _hash_state(state: dict) -> str:
     for name, p in sorted(state.items()):
         h.update(name.encode())
         h.update(str(tuple(p.shape)).encode())
-        h.update(p.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        h.update(memoryview(p.detach().to("cpu", torch.float32).contiguous().numpy()))  # no copy
     return h.hexdigest()[:16]
 
 

@@ -367,7 +367,7 @@ def analyze(
     """Build the AMAP of ``windows`` (one pass of the capture engine).
 
     Options (``workbench.analyses.amap_reducer.AmapReducer``): ``modes``, ``positions``,
-    ``layers``, ``sum_dtype``, ``sum_device``,
+    ``layers``, ``sum_device`` (sums in host memory while the model runs on a GPU),
     ``top_k`` (max-activating windows kept per unit), ``count_bos`` (count the BOS position as a
     key; default off), ``context_span`` (positions kept around each kept window's peak, default
     32), ``memory_limit`` (bytes the sums may take).

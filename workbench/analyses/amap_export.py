@@ -122,7 +122,7 @@ def check_same_model(a: dict, b: dict, what: str) -> None:
     raise WorkbenchError(
         f"{what}: the AMAPs come from different models, tokenizers or settings ({'; '.join(diff)});"
         " merge only AMAPs built with the same model and the same --modes/--positions/--layers/"
-        "--sum-dtype"
+        "--count-bos"
     )
 
 
