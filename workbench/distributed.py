@@ -12,9 +12,10 @@
 How a state reduces is declared once, by the accumulator class (``REDUCE``, see
 ``workbench/kernels/state.py``): ``"sum"`` / ``"max"`` / ``"min"`` states are all-reduced
 elementwise (float sums in fp64, whatever they are stored in, so the order ranks add in costs
-nothing), and ``"merge"`` states (Chan moments, bottom-k samples) are all-gathered as tensors and
-folded in rank order with the class's own ``merge``: the same code that merges shard files
-offline. Nothing is pickled: ``all_gather_object`` would pickle in transit.
+nothing), and ``"merge"`` states (Chan moments, bottom-k samples, sparse AMAP keys and sums) are
+broadcast one rank at a time and folded in rank order with the class's own ``merge``: the same
+code that merges shard files offline; each rank holds its own states, the result so far and one
+incoming part. Nothing is pickled: ``all_gather_object`` would pickle in transit.
 """
 
 from __future__ import annotations
@@ -130,10 +131,11 @@ class DistContext:
         self.step += 1
         self._mark(f"reached/{self.step}")
         spec: dict[str, str] = dict(acc.REDUCE)  # a class attribute, or a property (Amap's modes)
-        state = acc.state_dict()
+        # the live states, not a state_dict() clone: a big AMAP must not be held twice
+        state = {n: t if t.is_contiguous() else t.contiguous() for n, t in acc.states.items()}
         if set(state) != set(spec):
             raise WorkbenchError(f"{type(acc).__name__}.REDUCE names {sorted(spec)} but its "
-                                 f"state_dict has {sorted(state)}; declare every state once")
+                                 f"states are {sorted(state)}; declare every state once")
         names = sorted(spec)
         self._check_signature(acc)
         shapes = self._gather_meta(type(acc).__name__, names, state, spec)
@@ -143,21 +145,47 @@ class DistContext:
                 reduced[name] = self._all_reduce(state[name], ELEMENTWISE[spec[name]])
         merge_names = [n for n in names if spec[n] == "merge"]
         if not merge_names:
-            return acc.load_state_dict(reduced)
-        gathered = {n: self._all_gather(state[n], shapes[n]) for n in merge_names}
+            return acc.load_state_dict(reduced, copy=False)
         # Fold in rank order with the class's own merge, so the result is what an offline merge
-        # of the shard files gives. Elementwise states are already reduced: rank 0's copy carries
-        # the result, the others carry the identity of their op so merge adds nothing twice.
-        out = None
-        for r in range(self.world):
-            part = {n: gathered[n][r] for n in merge_names}
+        # of the shard files gives. One rank's states at a time (a broadcast from that rank):
+        # each rank holds its own states, the result so far and one incoming part, never every
+        # rank's copy. Elementwise states are already reduced: rank 0's part carries the result,
+        # the others carry the identity of their op so merge adds nothing twice.
+        mine = {n: state[n] for n in merge_names}
+        for src in range(self.world):
+            part = dict(mine) if src == self.rank else {
+                n: self._broadcast(None, shapes[n][src], mine[n].dtype, src, mine[n].device)
+                for n in merge_names}
+            if src == self.rank:
+                for n in merge_names:
+                    self._broadcast(mine[n], shapes[n][src], mine[n].dtype, src, mine[n].device)
             for n in names:
                 if spec[n] in ELEMENTWISE:
-                    part[n] = reduced[n] if r == 0 else _identity(reduced[n], spec[n])
-            one = copy.deepcopy(acc) if out is not None else acc
-            one.load_state_dict(part)
-            out = one if out is None else out.merge(one)
-        return out
+                    part[n] = reduced[n] if src == 0 else _identity(reduced[n], spec[n])
+            if src == 0:
+                acc.load_state_dict(part, copy=False)  # acc now starts from rank 0's states
+            else:
+                acc.merge(_blank_like(acc).load_state_dict(part, copy=False))
+        return acc
+
+    def _broadcast(self, t: torch.Tensor | None, shape: tuple[int, ...], dtype: torch.dtype,
+                   src: int, device: torch.device) -> torch.Tensor | None:
+        """Rank ``src``'s tensor ``t`` on every rank (``None`` elsewhere), a row of the first
+        axis at a time for big tensors (no whole copy of it on the collective's device)."""
+        wire = torch.uint8 if dtype == torch.bool else dtype
+        out = None if t is not None else torch.empty(shape, dtype=wire, device=device)
+        rows = [()] if len(shape) < 3 else [(i,) for i in range(shape[0])]
+        for r in rows:
+            if not torch.Size(shape[len(r):]).numel():
+                continue  # nothing to send (a rank that saw no key yet); every rank skips it
+            if t is not None:
+                buf = t[r].to(self.device, wire).contiguous()
+            else:
+                buf = torch.empty(shape[len(r):], dtype=wire, device=self.device)
+            self._collective(lambda b=buf: dist.broadcast(b, src))
+            if out is not None:
+                out[r].copy_(buf)
+        return None if out is None else out.to(dtype)
 
     def reduce_all(self, accs: dict[str, Any]) -> dict[str, Any]:
         """``reduce`` each accumulator, in sorted-name order on every rank (collectives pair up)."""
@@ -184,17 +212,6 @@ class DistContext:
                 self._collective(lambda b=buf: dist.all_reduce(b, op=op))
                 piece.copy_(buf)  # one rounding of the fp64 total, not one per rank
         return out.reshape(t.shape).to(t.dtype)
-
-    def _all_gather(self, t: torch.Tensor, shapes: list[tuple[int, ...]]) -> list[torch.Tensor]:
-        """Every rank's ``t`` (shapes may differ, e.g. bottom-k samples not yet full)."""
-        wire = torch.uint8 if t.dtype == torch.bool else t.dtype
-        numel = [int(torch.tensor(s, dtype=torch.int64).prod()) for s in shapes]
-        width = max(max(numel), 1)
-        buf = torch.zeros(width, dtype=wire, device=self.device)
-        buf[: t.numel()] = t.detach().reshape(-1).to(self.device, wire)
-        parts = [torch.empty_like(buf) for _ in range(self.world)]
-        self._collective(lambda: dist.all_gather(parts, buf))
-        return [p[:n].reshape(s).to(t.device, t.dtype) for p, n, s in zip(parts, numel, shapes, strict=True)]
 
     def _check_signature(self, acc: Any) -> None:
         """Sizes that no state's shape shows (a sparse AMAP's vocabulary): the same on every
@@ -375,3 +392,11 @@ def _test_hook_die(ctx: DistContext, where: str) -> None:
             "WORKBENCH_TEST_DIE_AT", "reduce") == where:
         print(f"test hook: rank {ctx.rank} exits abruptly at {where}", file=sys.stderr, flush=True)
         os._exit(3)
+
+
+def _blank_like(acc: Any) -> Any:
+    """A shallow copy of ``acc`` with a states table of its own, for ``load_state_dict`` to fill
+    (``copy.deepcopy`` would clone every state first)."""
+    one = copy.copy(acc)
+    object.__setattr__(one, "states", dict(acc.states))
+    return one
