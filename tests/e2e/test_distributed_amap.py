@@ -81,11 +81,13 @@ def test_a_rank_dying_mid_run_then_resume(runs, tmp_path):
     assert "rank 1 died or was killed" in dead.stderr, dead.stderr[-4000:]
     assert not (out / ARTIFACT).exists()  # nothing half-written
     kept = sorted(p.name for p in (out / "checkpoints").iterdir())
-    assert kept == ["rank0-of-2", "rank1-of-2"]  # each rank's own checkpoint
-    # rank 0 may have been anywhere in its slice when torchrun stopped it
+    # each rank's own checkpoint; rank 0 may have been anywhere in its slice when torchrun stopped
+    # it (on a loaded machine, before its first checkpoint: then it resumes from the start)
+    assert kept in (["rank0-of-2", "rank1-of-2"], ["rank1-of-2"]), kept
     # the resume point is the safetensors header (the .json beside it is a copy for people,
     # written after it: a kill between the two leaves the .json one checkpoint behind)
-    done = load(out / "checkpoints" / "rank0-of-2" / "amap.ckpt.safetensors")[1]["batches"]
+    ckpt0 = out / "checkpoints" / "rank0-of-2" / "amap.ckpt.safetensors"
+    done = load(ckpt0)[1]["batches"] if ckpt0.exists() else 0
     resumed = torchrun(["-m", "workbench", *ARGS, "--resume", "--out", str(out)])
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert_same_amap(load(runs / "single" / ARTIFACT)[0], load(out / ARTIFACT)[0],
