@@ -39,6 +39,25 @@ def test_histogram_equals_a_loop_over_windows(random_tiny, built):
         assert page["max"] == pytest.approx(float(values.max()), rel=1e-5)
 
 
+@pytest.mark.parametrize("count_bos", [False, True])
+def test_histogram_leaves_out_the_bos_the_amap_did_not_count(random_tiny, count_bos):
+    """Windows with a BOS (as `workbench run` makes them): the page's positions are those the
+    AMAP counted, by a per-window loop that drops position 0 unless the AMAP counted it."""
+    w = load_windows(random_tiny, text=TEXT, window=15, stride=15, bos=True)
+    assert w.bos
+    r = amap_analysis.analyze(random_tiny, w, progress=False, modes=("input",), top_k=2,
+                              count_bos=count_bos, context_units=0)
+    page = unit_pages(random_tiny, w, r, [(1, 17)], progress=False, k=4)[0]
+    values = []
+    for i in range(len(w)):
+        n = int(w.mask[i].sum())
+        _, cache = random_tiny.run_with_cache(w.tokens[i : i + 1, :n])
+        values += cache["blocks.1.mlp.hook_post"][0, 0 if count_bos else 1 :, 17].tolist()
+    assert page["n_positions"] == len(values) == int(r.counts("input").sum())
+    assert page["max"] == pytest.approx(max(values), rel=1e-5)
+    assert page["min"] == pytest.approx(min(values), rel=1e-5)
+
+
 def test_top_tokens_and_direct_effect(random_tiny, built):
     _, result, pages = built
     for page, (layer, neuron) in zip(pages, UNITS, strict=True):

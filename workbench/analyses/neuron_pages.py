@@ -2,8 +2,9 @@
 
 For unit ``L_N`` (layer L, neuron N of ``blocks.L.mlp.hook_post``):
 
-1. its activation histogram over every real position of the build's windows (one pass over the
-   data, keeping only the chosen neurons' columns);
+1. its activation histogram over every position the AMAP counted (the build's windows without
+   the BOS position unless it was built with ``count_bos``; one pass over the data, keeping only
+   the chosen neurons' columns);
 2. its max-activating windows with the activation at every token (``read_contexts``);
 3. its top tokens by mean activation: the AMAP row, with how often each token was seen;
 4. its direct effect on the output: ``W_out[L][N] · W_U``, the logits one unit of its activation
@@ -28,15 +29,18 @@ BINS = 80
 
 
 def activations(model, windows: Windows, units: Sequence[tuple[int, int]], batch_size: int = 16,
-                progress: bool = True) -> dict[tuple[int, int], np.ndarray]:
-    """Every real position's activation of each unit (float32), in window order."""
+                progress: bool = True, count_bos: bool = True) -> dict[tuple[int, int], np.ndarray]:
+    """Every real position's activation of each unit (float32), in window order (without the
+    BOS position unless ``count_bos``: the positions an AMAP built so counts)."""
+    from workbench.analyses.amap_reducer import key_mask
+
     layers = sorted({layer for layer, _ in units})
     hooks = capture.mlp_hooks(model, layers)
     neurons = {layer: [n for lay, n in units if lay == layer] for layer in layers}
     parts: dict[tuple[int, int], list[np.ndarray]] = {u: [] for u in units}
     for batch in capture.stream(model, windows, hooks, batch_size, progress=progress,
                                 desc="neuron pages"):
-        mask = batch.mask
+        mask, _ = key_mask(windows, batch.mask, count_bos)
         for layer, hook in zip(layers, hooks, strict=True):
             cols = batch.acts[hook][..., neurons[layer]][mask].float().cpu().numpy()  # [pos, n]
             for c, neuron in enumerate(neurons[layer]):
@@ -64,7 +68,8 @@ def unit_pages(model, windows: Windows, result, units: Sequence[tuple[int, int]]
                progress: bool = True, window_offset: int = 0) -> list[dict]:
     """The data of each unit's page (see the module docstring)."""
     units = check_units(result, units)
-    acts = activations(model, windows, units, batch_size, progress)
+    count_bos = bool(result.meta.get("settings", {}).get("count_bos", True))  # older: counted
+    acts = activations(model, windows, units, batch_size, progress, count_bos)
     contexts = {(c["layer"], c["neuron"]): c for c in
                 read_contexts(model, windows, result, window_offset=window_offset, units=units)} \
         if result.top is not None else {}

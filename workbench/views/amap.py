@@ -19,10 +19,14 @@ def coverage_figure(result) -> go.Figure:
         c = result.counts(mode)[result.keys(mode) < V].double()
         n = [int(((c >= lo) & (c < hi)).sum()) for lo, hi in zip(edges, edges[1:], strict=False)]
         n[0] = V - len(c)  # the tokens never seen are absent from a sparse AMAP
-        fig.add_bar(name=mode, x=names, y=n)
-    fig.update_layout(title="Token coverage: how often each vocabulary token was the key",
-                      xaxis_title="positions keyed by the token", yaxis_title="tokens",
-                      barmode="group", height=360)
+        fig.add_bar(name=mode, x=names, y=n, text=[f"{x:,}" if x else "" for x in n],
+                    textposition="outside")
+    seen = len(result.keys(result.modes[0]))
+    # log counts: a paragraph sees ~50 of gemma's 262,144 tokens, a linear axis shows one bar
+    fig.update_layout(title=f"Token coverage: how often each of the {V:,} vocabulary tokens was "
+                      f"the key ({seen:,} keys seen in {result.modes[0]} mode)",
+                      xaxis_title="positions keyed by the token", yaxis_title="tokens (log)",
+                      yaxis_type="log", barmode="group", height=360)
     return fig
 
 
@@ -50,7 +54,13 @@ def chosen_units(result, n: int = 12) -> list[tuple[int, int]]:
 
 
 def top_tokens_figure(result, mode: str = "input", k: int = 8, min_count: int = 3) -> go.Figure:
+    """The ``k`` tokens of highest mean per chosen unit, among tokens seen ``min_count``+ times;
+    on short data (fewer than ``k`` tokens seen that often) every token seen counts, and the
+    title says so."""
     units = chosen_units(result)
+    tokens = result.keys(mode) < result.amap.d_vocab
+    if int((result.counts(mode)[tokens] >= min_count).sum()) < k:
+        min_count = 1
     z, text = [], []
     for layer, neuron in units:
         top = result.top_tokens(layer, neuron, mode, k, min_count)
@@ -142,7 +152,8 @@ def section(result, pages_dir: str | None = None) -> Section:
         note="An AMAP cell is a unit's mean activation over every position whose key is that "
         "token (input: the token read there; output: the model's argmax prediction there). "
         "Top-token heatmaps list, per unit, the tokens with the highest mean among tokens seen at "
-        "least 3 times (rare tokens have noisy means). Contexts show the windows where a unit "
+        "least 3 times (rare tokens have noisy means; on a short text, where fewer than 8 tokens "
+        "were seen that often, every token seen, as the title says). Contexts show the windows where a unit "
         "peaked, each token shaded by the unit's activation: read a neuron from these, not from "
         "one token. Invariants are SYSIF's sanity checks and must all hold.",
     )

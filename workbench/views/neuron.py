@@ -56,7 +56,8 @@ def unit_page(page: dict, header: dict | None = None) -> Page:
              "share > 0": f"{page['share_positive']:.3f}" if page["share_positive"] is not None else "-"}
     out = Page(f"Unit {page['unit']}", {**(header or {}), **facts})
     out.add(Section("Activations over the data", [histogram_figure(page)],
-                    note="Every real position of the AMAP's windows, one forward pass; log count."))
+                    note="Every position the AMAP counted (its windows' real positions, without a "
+                         "BOS it did not count), one forward pass; log count."))
     out.add(Section("Max-activating contexts", [contexts_html(page)],
                     note="The unit's top windows; each token shaded by the unit's activation there "
                          "(the peak outlined); hover a token for its value."))
