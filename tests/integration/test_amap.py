@@ -300,6 +300,12 @@ def test_memory_limit_refuses_before_writing_anything(random_tiny, windows, resu
     assert all(analyze(random_tiny, windows, memory_limit=need, **opts).invariants.values())
     one_layer = analyze(random_tiny, windows, memory_limit=need - 1, layers=[1], **opts)
     assert one_layer.means().shape[0] == 1
+    # under torchrun the plan covers the reduce too: own states + the union + one rank's part
+    from workbench.analyses.amap_reducer import AmapReducer
+
+    with pytest.raises(WorkbenchError, match="x3 for the reduce of 2 processes"):
+        AmapReducer(random_tiny, windows, positions=True, memory_limit=3 * need - 1, processes=2)
+    AmapReducer(random_tiny, windows, positions=True, memory_limit=3 * need, processes=2)
 
 
 def _write_v1(result, folder):

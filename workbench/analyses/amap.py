@@ -389,7 +389,8 @@ def analyze(
         check_windows(windows)
     if checkpoint_every < 1:
         raise WorkbenchError("checkpoint_every must be >= 1")
-    reducer = AmapReducer(model, windows, batch_size=batch_size, **options)
+    processes = ctx.world if ctx is not None and ctx.is_distributed else 1
+    reducer = AmapReducer(model, windows, batch_size=batch_size, processes=processes, **options)
     stats, part, offset = capture.run_reducer(
         model, windows, reducer, batch_size=batch_size, progress=progress, shard=shard, ctx=ctx,
         checkpoint_dir=checkpoint_dir, resume=resume, checkpoint_every=checkpoint_every,

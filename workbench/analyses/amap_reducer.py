@@ -49,7 +49,8 @@ class AmapReducer:
                  positions: bool = False, layers: list[int] | None = None,
                  sum_device: str | None = None, top_k: int = 8,
                  count_bos: bool = False, context_span: int | None = None,
-                 memory_limit: int | None = None, context_units: int = 2, batch_size: int = 8):
+                 memory_limit: int | None = None, context_units: int = 2, batch_size: int = 8,
+                 processes: int = 1):
         modes = tuple(modes)
         check_model(model, modes)
         if top_k < 1:
@@ -65,9 +66,13 @@ class AmapReducer:
         span = min(width, CONTEXT_SPAN) if context_span is None else min(width, context_span)
         d_vocab, d_mlp = int(model.cfg.d_vocab), int(model.cfg.d_mlp)
         device = torch.device(sum_device) if sum_device else next(model.parameters()).device
-        check_fits(estimate_bytes(len(self.layers), expected_keys(windows, self.n_pos), d_mlp,
-                                  len(modes)), device, memory_limit,
-                   what="its sums over the keys in this data")
+        # the plan counts the keys of the whole data (the union a reduce ends with); under
+        # torchrun the reduce holds this rank's states, the union so far and one rank's part
+        copies = 3 if processes > 1 else 1
+        check_fits(copies * estimate_bytes(len(self.layers), expected_keys(windows, self.n_pos),
+                                           d_mlp, len(modes)), device, memory_limit,
+                   what="its sums over the keys in this data" + (
+                       f" (x3 for the reduce of {processes} processes)" if copies > 1 else ""))
         self.accs = {"amap": Amap(len(self.layers), d_vocab, d_mlp, modes, self.n_pos, device),
                      "top": TopWindows(len(self.layers), d_mlp, top_k, device, span=span)}
         self.settings = {"modes": list(modes), "positions": positions, "n_positions": self.n_pos,
