@@ -11,8 +11,8 @@
 4. ``run`` checkpoints every reducer's states (every ``checkpoint_every`` batches or
    ``checkpoint_seconds``) and resumes them byte-identically; under ``torchrun`` it reduces them
    across processes (``workbench.distributed``) once every rank has run its slice.
-5. ``plan(model, hooks, batch, seq)`` estimates the bytes each hook holds per batch, counting
-   tensors that share storage once (e.g. ``resid_post`` of block l and ``resid_pre`` of l+1).
+5. ``workbench.memory.plan(model, hooks, batch, seq)`` estimates the bytes each hook holds per
+   batch, counting tensors that share storage once.
 
 Everything runs under ``torch.inference_mode()``; a batch's activations are dropped once the
 reducers have seen it.
@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -95,17 +95,6 @@ class Reducer(Protocol):
 
 class CaptureInterrupted(WorkbenchError):
     """The pass stopped early on purpose (``max_batches``); its checkpoint can be resumed."""
-
-
-@dataclass
-class MemoryPlan:
-    per_hook: dict[str, int]
-    unique_bytes: int
-    shared: dict[str, str] = field(default_factory=dict)  # hook → hook whose storage it shares
-
-    def __str__(self) -> str:
-        rows = [f"{k}: {v / 2**20:.2f} MiB" for k, v in self.per_hook.items()]
-        return "\n".join(rows + [f"total (unique storage): {self.unique_bytes / 2**20:.2f} MiB"])
 
 
 def n_layers(model) -> int:
@@ -366,36 +355,3 @@ def run_reducer(model, windows: Windows, reducer: Reducer, *, batch_size: int = 
                 desc=reducer.name, window_offset=offset, checkpoint_name=reducer.name,
                 fingerprint=fp, ctx=ctx, **options)
     return stats, part, offset
-
-
-def plan(model, hooks: Sequence[str], batch: int, seq: int, need_logits: bool = False) -> MemoryPlan:
-    """Bytes each hook holds for a (batch, seq) forward, from a probe run at a small shape.
-
-    The probe uses batch 1 and a probe length that matches no model dimension; every axis of the
-    probe length scales to ``seq`` (attention patterns scale quadratically), axis 0 to ``batch``.
-    """
-    _check_hooks(model, hooks)
-    dims = {model.cfg.d_model, model.cfg.d_head, model.cfg.n_heads, model.cfg.d_vocab,
-            getattr(model.cfg, "d_mlp", None) or 0, model.cfg.n_layers}
-    probe = next(p for p in (7, 11, 13, 17, 19, 23) if p not in dims)
-    device = next(model.parameters()).device
-    tokens = torch.zeros((1, probe), dtype=torch.long, device=device)
-    mask = torch.ones_like(tokens, dtype=torch.bool)
-    acts, logits = forward(model, tokens, mask, hooks, need_logits, _stop_layer(model, hooks, need_logits))
-    if logits is not None:
-        acts = {**acts, "logits": logits}
-    per_hook: dict[str, int] = {}
-    seen: dict[int, str] = {}
-    shared: dict[str, str] = {}
-    unique = 0
-    for name, t in acts.items():
-        shape = [batch if i == 0 else (seq if s == probe else s) for i, s in enumerate(t.shape)]
-        nbytes = t.element_size() * int(torch.tensor(shape).prod())
-        per_hook[name] = nbytes
-        ptr = t.untyped_storage().data_ptr()
-        if ptr in seen:
-            shared[name] = seen[ptr]
-        else:
-            seen[ptr] = name
-            unique += nbytes
-    return MemoryPlan(per_hook, unique, shared)

@@ -280,7 +280,8 @@ def test_contexts_refuse_unknown_units_and_other_data(random_tiny, windows, resu
 def test_memory_limit_refuses_before_writing_anything(random_tiny, windows, result, tmp_path):
     # the plan covers what the states really hold (the input keys are known before the pass)
     from workbench.analyses.amap_reducer import expected_keys
-    from workbench.kernels.amap import estimate_bytes, human_bytes
+    from workbench.kernels.amap import estimate_bytes
+    from workbench.memory import human_bytes
 
     held = sum(t.nbytes for t in result.amap.state_dict().values())
     n_keys = len(torch.unique(windows.tokens[windows.mask])) + 15

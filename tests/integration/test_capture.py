@@ -3,9 +3,10 @@
 import pytest
 import torch
 
-from workbench.capture import plan, resid_hooks, run, stream
+from workbench.capture import resid_hooks, run, stream
 from workbench.data import load_windows
 from workbench.errors import WorkbenchError
+from workbench.memory import plan
 
 TEXT = "The quick brown fox jumps over the lazy dog. " * 6
 

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from workbench.errors import WorkbenchError
-from workbench.kernels.amap import Amap, check_fits, estimate_bytes
+from workbench.kernels.amap import Amap, estimate_bytes
 from workbench.kernels.top_windows import TopWindows
+from workbench.memory import check_fits
 
 L, V, D, W = 2, 7, 3, 5
 SEEN = 5  # keys are drawn from 0..SEEN-1: ids SEEN..V-1 stay unseen

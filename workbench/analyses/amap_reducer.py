@@ -20,9 +20,10 @@ from workbench.analyses.amap import AmapResult, check_model, key_labels, resolve
 from workbench.analyses.amap_contexts import read_contexts
 from workbench.data import Windows
 from workbench.errors import WorkbenchError
-from workbench.kernels.amap import Amap, check_fits, estimate_bytes
+from workbench.kernels.amap import Amap, estimate_bytes
 from workbench.kernels.argmax import argmax_last
 from workbench.kernels.top_windows import TopWindows
+from workbench.memory import check_fits
 
 
 def key_mask(windows: Windows, mask: Tensor, count_bos: bool) -> tuple[Tensor, int]:

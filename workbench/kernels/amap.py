@@ -26,7 +26,6 @@ seen 10M times keeps its mean to fp64 rounding; SYSIF's fp16 running mean stalls
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -51,43 +50,6 @@ def estimate_bytes(n_layers: int, n_keys: int, d_mlp: int, n_modes: int) -> int:
     """
     per_mode = n_layers * n_keys * d_mlp * 8 + n_keys * 16
     return int(n_modes * per_mode * 1.5) + n_layers * d_mlp * 4
-
-
-def available_bytes(device: torch.device) -> int:
-    """Free memory on ``device``: CUDA's free memory, or the host's MemAvailable."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
-
-
-def human_bytes(n: int) -> str:
-    """``3 * 2**30`` → ``"3.00 GiB"``; small sizes in MiB / KiB so they never read as 0.00 GiB."""
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= scale:
-            return f"{n / scale:.2f} {unit}"
-    return f"{n} bytes"
-
-
-def check_fits(nbytes: int, device: torch.device, limit: int | None = None,
-               fraction: float = 0.8, what: str = "its sums") -> None:
-    """Refuse (with the ways out) when the AMAP states would not fit in memory."""
-    budget = limit if limit is not None else int(available_bytes(device) * fraction)
-    if nbytes <= budget:
-        return
-    raise WorkbenchError(
-        f"the AMAP needs about {human_bytes(nbytes)} for {what} on {device}, but only "
-        f"{human_bytes(budget)} is available; reduce it: fewer layers (--layers 0,1), one "
-        "mode (--modes input), sums in host memory while the model runs on the GPU "
-        "(--sum-device cpu), or less data per build (--shard i/n, merged with `amap merge`)"
-    )
 
 
 class Amap(Accumulator):
