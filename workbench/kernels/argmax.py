@@ -15,7 +15,6 @@ NaN included (a row holding NaN falls back to it); other devices call ``torch.ar
 from __future__ import annotations
 
 import torch
-from einops import rearrange
 from jaxtyping import Float, Int
 from torch import Tensor
 
@@ -26,8 +25,12 @@ def argmax_last(x: Float[Tensor, "*rows vocab"], block: int = 128) -> Int[Tensor
     if x.device.type != "cpu" or width < 2 * block or x.numel() == 0:
         return x.argmax(-1)
     flat = x.reshape(-1, width)
+    if flat.stride(-1) != 1:
+        return x.argmax(-1)
     whole = width // block * block
-    blocks = rearrange(flat[:, :whole], "row (nb b) -> row nb b", b=block)
+    # the whole blocks of each row as a view (a reshape of flat[:, :whole] would copy it when the
+    # width is no multiple of the block, e.g. gpt2's 50,257)
+    blocks = flat.as_strided((flat.shape[0], whole // block, block), (flat.stride(0), block, 1))
     block_max = blocks.amax(-1)  # [row, nb]
     row_max = block_max.amax(-1)
     tail = flat[:, whole:]
