@@ -170,3 +170,23 @@ def test_weights_hash_is_remembered_until_a_weight_changes(random_tiny):
         model.blocks[0].mlp.W_in[0, 0] += 1.0  # in place: same storage, new version
     changed = weights_hash(model)
     assert changed != first and changed == _hash_state(model.state_dict())
+
+
+def test_unembedding_without_the_weight_copy_equals_numpy():
+    """``load_model`` swaps TransformerLens' ``F.linear(x, W_U.T.contiguous())`` (a copy of W_U
+    per forward) for the transposed view: the logits equal numpy's x @ W_U + b_U (x: what the
+    unembedding reads), and the unembed hooks still fire."""
+    import numpy as np
+
+    model = workbench.load_model("tiny-gloss-lm", device="cpu")
+    assert "forward" in vars(model.unembed)  # swapped on this instance
+    ids = model.to_tokens("a small domesticated carnivorous mammal")
+    seen = []
+    model.unembed.hook_out.add_hook(lambda t, hook: seen.append(hook.name))
+    with torch.inference_mode():
+        logits, cache = model.run_with_cache(ids, names_filter="unembed.hook_in")
+    model.reset_hooks()
+    x = cache["unembed.hook_in"][0].double().numpy()
+    ref = x @ model.W_U.detach().double().numpy() + model.b_U.detach().double().numpy()
+    np.testing.assert_allclose(logits[0].double().numpy(), ref, rtol=1e-5, atol=1e-4)
+    assert seen == ["unembed.hook_out"]
