@@ -17,6 +17,7 @@ import torch
 from memprobe import peak_kib, reset_peak
 
 from workbench import load_model
+from workbench.artifacts import weights_hash
 from workbench.analyses.amap import build
 from workbench.data import load_windows
 
@@ -29,6 +30,11 @@ def main() -> None:
                      bos=False)
     chosen = None if layers == "all" else [int(x) for x in layers.split(",")]
     out = Path(tempfile.mkdtemp())
+    # touch every weight first (the weights hash reads them all, a forward runs them): a model
+    # loaded from its cache is paged in lazily, which is not the build's memory
+    weights_hash(model)
+    with torch.inference_mode():
+        model(w.tokens[:1], stop_at_layer=None)
     before = reset_peak()
     t = time.perf_counter()
     r = build(model, w, out, modes=tuple(modes.split(",")), layers=chosen, progress=False,

@@ -35,6 +35,7 @@ at the last MLP): every 10th gloss, 4 layers, takes about 10 minutes per model.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -64,6 +65,10 @@ def gloss_windows(model, every: int, limit: int | None):
 
 
 def run(model, windows, out: Path, args) -> tuple:
+    if args.reuse and (out / "semantics.safetensors").exists():  # the tables and page again
+        from workbench.analyses.amap import load
+
+        return load(out), semantics.load(out), 0.0, 0.0
     t0 = time.time()
     amap = build(model, windows, out, batch_size=args.batch_size, progress=not args.quiet,
                  modes=tuple(args.modes.split(",")), positions=True, layers=args.layers,
@@ -118,8 +123,7 @@ def markdown(args, windows, trained, control, rows, timings, alpha) -> str:
         f"lemma AMAPs; {args.permutations} label permutations; Bonferroni alpha "
         f"{alpha:.4g} over {len(rows)} tests",
         "- timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()),
-        f"- command: `{' '.join(['python', *sys.argv])}` (torch threads "
-        f"{torch.get_num_threads()})", "",
+        f"- command: `{args.command}` (torch threads {torch.get_num_threads()})", "",
         "## Results", "",
         "| layer | label | n | groups | T trained | p trained | effect trained | T control | "
         "p control | effect control | supported |",
@@ -170,6 +174,9 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (1 is faster when other processes share the cores)")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--reuse", action="store_true",
+                   help="read the AMAPs and semantics a finished run saved in --out and only "
+                   "write the tables and the page again (its timings from --out/run.json)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -192,13 +199,22 @@ def main(argv=None) -> int:
     rows = verdicts(sem, c_sem, alpha)
     timings = {"AMAP trained": t_amap, "semantics trained": t_sem, "AMAP control": c_t_amap,
                "semantics control": c_t_sem, "total": time.time() - t_start}
+    saved = args.out / "run.json"  # what --reuse reports: the run that built the results
+    args.command = " ".join(["python", *sys.argv])
+    if args.reuse and saved.exists():
+        timings, args.command = (json.loads(saved.read_text())[k] for k in ("timings", "command"))
+    else:
+        saved.write_text(json.dumps({"timings": timings, "command": args.command}))
     RESULTS.mkdir(parents=True, exist_ok=True)
     md = markdown(args, windows, (amap, sem), (c_amap, c_sem), rows, timings, alpha)
     stem = NAME if args.model == "tiny-gloss-lm" else f"{NAME}.{args.model}"
     (RESULTS / f"{stem}.md").write_text(md)
     page = Page("AMAP WordNet semantics", {"model": args.model, "data": windows.source,
                                            "windows": len(windows), "tokens": windows.n_tokens})
-    page.add(Section("Trained vs random-init control", [table_html(rows)],
+    sem.control = semantics.compare(sem, c_sem, alpha)  # the section shows the control beside
+    shown = [{**r, "p trained": semantics.p_text(r["p trained"], args.permutations),
+              "p control": semantics.p_text(r["p control"], args.permutations)} for r in rows]
+    page.add(Section("Trained vs random-init control", [table_html(shown)],
                      note="Supported: trained p below the Bonferroni alpha and trained statistic "
                      "at least twice the control's."))
     page.add(sem_view.section(sem))

@@ -71,6 +71,13 @@ def test_pipeline_counts_tests_and_figures(result, tmp_path):
     assert any(hover.startswith(w) for w in WORDS)
     path = result.save(tmp_path)
     assert path.name == "semantics.safetensors" and path.exists()
+    from workbench.analyses.semantics import load
+
+    back = load(tmp_path)
+    assert back.tests == result.tests and back.rows == result.rows and back.layers == result.layers
+    assert back.counts == result.counts and back.control == result.control
+    assert torch.equal(back.vectors, result.vectors) and torch.equal(back.tsne, result.tsne)
+    assert torch.equal(back.tsne_index, result.tsne_index)
 
 
 def _lemma_vectors(random_tiny, amap, layer: int) -> dict[str, torch.Tensor]:

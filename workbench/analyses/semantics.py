@@ -194,6 +194,22 @@ class SemanticsResult(ResultMixin):
         return artifacts.save(Path(out_dir) / ARTIFACT, self.tensors(), meta)
 
 
+def load(path: str | Path) -> SemanticsResult:
+    """A ``SemanticsResult`` from the folder ``save`` wrote (or its ``semantics.safetensors``)."""
+    path = Path(path)
+    file = path / ARTIFACT if path.is_dir() else path
+    if not file.exists():
+        raise WorkbenchError(f"no semantics result at {path}: expected {file} (written by "
+                             "`workbench semantics --out`)")
+    tensors, meta = artifacts.load(file)
+    f = artifacts.Fields(meta, file)
+    rows, tests, counts = f.get("rows", list), f.get("tests", list), f.get("counts", dict)
+    control = meta.get("control") or []
+    kept = {k: v for k, v in meta.items() if k not in ("tests", "counts", "rows", "control")}
+    return SemanticsResult(rows, tensors["vectors"], tensors["layers"].tolist(), tensors["tsne"],
+                           tensors["tsne_index"], tests, counts, kept, control)
+
+
 def _sample(idx: list[int], k: int, g: torch.Generator) -> list[int]:
     if len(idx) <= k:
         return idx
