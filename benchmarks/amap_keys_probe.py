@@ -17,8 +17,8 @@ import torch
 from memprobe import peak_kib, reset_peak
 
 from workbench import load_model
-from workbench.artifacts import weights_hash
 from workbench.analyses.amap import build
+from workbench.artifacts import weights_hash
 from workbench.data import load_windows
 
 
