@@ -190,8 +190,9 @@ def main(argv=None) -> int:
     windows = gloss_windows(model, args.every, args.limit)
     print(f"{len(windows):,} windows, {windows.n_tokens:,} tokens")
     amap, sem, t_amap, t_sem = run(model, windows, args.out / "trained", args)
-    print(f"trained: AMAP {t_amap:.0f}s ({amap.throughput['tokens_per_s']:,.0f} tokens/s), "
-          f"semantics {t_sem:.0f}s")
+    rate = amap.throughput.get("tokens_per_s")  # not kept by a --reuse load
+    print(f"trained: AMAP {t_amap:.0f}s" + (f" ({rate:,.0f} tokens/s)" if rate else "")
+          + f", semantics {t_sem:.0f}s")
     control = semantics.random_init(model)
     c_amap, c_sem, c_t_amap, c_t_sem = run(control, windows, args.out / "control", args)
     print(f"control: AMAP {c_t_amap:.0f}s, semantics {c_t_sem:.0f}s")
