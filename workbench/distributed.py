@@ -153,12 +153,8 @@ class DistContext:
         # the others carry the identity of their op so merge adds nothing twice.
         mine = {n: state[n] for n in merge_names}
         for src in range(self.world):
-            part = dict(mine) if src == self.rank else {
-                n: self._broadcast(None, shapes[n][src], mine[n].dtype, src, mine[n].device)
-                for n in merge_names}
-            if src == self.rank:
-                for n in merge_names:
-                    self._broadcast(mine[n], shapes[n][src], mine[n].dtype, src, mine[n].device)
+            part = {n: self._broadcast(mine[n] if src == self.rank else None, shapes[n][src],
+                                       mine[n].dtype, src, mine[n].device) for n in merge_names}
             for n in names:
                 if spec[n] in ELEMENTWISE:
                     part[n] = reduced[n] if src == 0 else _identity(reduced[n], spec[n])
@@ -170,8 +166,9 @@ class DistContext:
 
     def _broadcast(self, t: torch.Tensor | None, shape: tuple[int, ...], dtype: torch.dtype,
                    src: int, device: torch.device) -> torch.Tensor | None:
-        """Rank ``src``'s tensor ``t`` on every rank (``None`` elsewhere), a row of the first
-        axis at a time for big tensors (no whole copy of it on the collective's device)."""
+        """Rank ``src``'s tensor ``t`` (given on ``src``, ``None`` elsewhere) on every rank, a
+        row of the first axis at a time for big tensors (no whole copy of it on the collective's
+        device); ``src`` gets its own ``t`` back."""
         wire = torch.uint8 if dtype == torch.bool else dtype
         out = None if t is not None else torch.empty(shape, dtype=wire, device=device)
         rows = [()] if len(shape) < 3 else [(i,) for i in range(shape[0])]
@@ -185,7 +182,7 @@ class DistContext:
             self._collective(lambda b=buf: dist.broadcast(b, src))
             if out is not None:
                 out[r].copy_(buf)
-        return None if out is None else out.to(dtype)
+        return t if out is None else out.to(dtype)
 
     def reduce_all(self, accs: dict[str, Any]) -> dict[str, Any]:
         """``reduce`` each accumulator, in sorted-name order on every rank (collectives pair up)."""
