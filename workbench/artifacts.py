@@ -308,6 +308,17 @@ def read_header(path: str | Path, todo: str = _REBUILD) -> dict:
     return header
 
 
+def load_named(path: str | Path, name: str, what: str, writer: str):
+    """``load`` of the artifact ``name`` in the folder ``path`` (or of the file ``path``): its
+    file, tensors and metadata; a missing one says which command writes it."""
+    path = Path(path)
+    file = path / name if path.is_dir() else path
+    if not file.exists():
+        raise WorkbenchError(f"no {what} at {path}: expected {file} (written by {writer})")
+    tensors, meta = load(file)
+    return file, tensors, meta
+
+
 def load(path: str | Path, todo: str = _REBUILD) -> tuple[dict[str, torch.Tensor], dict]:
     """The tensors and metadata of an artifact written by ``save``; any damage (truncation,
     random bytes, a pickle, a device file, metadata that is not JSON) is a ``DamagedArtifact``."""

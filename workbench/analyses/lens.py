@@ -239,12 +239,7 @@ class LensResult(ResultMixin):
     def load(cls, path: str | Path) -> LensResult:
         """A result from ``lens.safetensors`` (a file, or its folder); without residuals, so
         ``predictions(k=...)`` beyond the stored k and new watch lists need a rerun."""
-        path = Path(path)
-        file = path / ARTIFACT if path.is_dir() else path
-        if not file.exists():
-            raise WorkbenchError(f"no lens artifact at {path}: expected {file} (written by "
-                                 "`workbench lens`)")
-        t, meta = artifacts.load(file)
+        file, t, meta = artifacts.load_named(path, ARTIFACT, "lens artifact", "`workbench lens`")
         f = artifacts.Fields(meta, file)
         lens = f.section("lens")
         strs = lens.get("token_strs", dict)

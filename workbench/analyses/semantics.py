@@ -196,12 +196,8 @@ class SemanticsResult(ResultMixin):
 
 def load(path: str | Path) -> SemanticsResult:
     """A ``SemanticsResult`` from the folder ``save`` wrote (or its ``semantics.safetensors``)."""
-    path = Path(path)
-    file = path / ARTIFACT if path.is_dir() else path
-    if not file.exists():
-        raise WorkbenchError(f"no semantics result at {path}: expected {file} (written by "
-                             "`workbench semantics --out`)")
-    tensors, meta = artifacts.load(file)
+    file, tensors, meta = artifacts.load_named(path, ARTIFACT, "semantics result",
+                                               "`workbench semantics --out`")
     f = artifacts.Fields(meta, file)
     rows, tests, counts = f.get("rows", list), f.get("tests", list), f.get("counts", dict)
     control = meta.get("control") or []
