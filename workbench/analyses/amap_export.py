@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 from workbench import artifacts
-from workbench.analyses.amap import ARTIFACT, AmapResult, checked_meta, load  # noqa: F401 (doc)
+from workbench.analyses.amap import ARTIFACT, AmapResult, load  # noqa: F401 (doc)
+from workbench.analyses.amap_io import checked_meta
 from workbench.errors import WorkbenchError
 from workbench.kernels.amap import Amap, invariants
 from workbench.kernels.top_windows import TopWindows
