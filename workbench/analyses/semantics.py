@@ -312,7 +312,9 @@ def random_init(model, seed: int = 1234):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         control = HookedTransformer(cfg, tokenizer=model.tokenizer, move_to_device=False)
-    return control.to(next(model.parameters()).device).eval()
+    from workbench.models import unembed_without_copy
+
+    return unembed_without_copy(control.to(next(model.parameters()).device).eval())
 
 
 def control(model, amap: AmapResult, windows, *, seed: int = 1234, batch_size: int = 32,
